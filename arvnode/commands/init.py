@@ -1,0 +1,36 @@
+"""``arvnode init [--data DIR]``: create the embedded default without starting it.
+
+Useful to inspect or edit ``DIR/config.yml`` before the first start, and in
+provisioning scripts. Running it again changes nothing and prints the same
+environment.
+"""
+from __future__ import annotations
+
+import argparse
+import random
+from pathlib import Path
+from typing import Any
+
+from arvnode import embedded
+from arvnode.commands._common import run_with_store
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("init", help="create the embedded default state directory")
+    p.add_argument("--data", default=embedded.DEFAULT_DATA_DIR,
+                   help=f"state directory (default ./{embedded.DEFAULT_DATA_DIR})")
+    p.set_defaults(func=run, config=None, cluster=None)
+
+
+def run(args: argparse.Namespace) -> int:
+    embedded.ensure_state_dir(args.data, random.SystemRandom())
+
+    async def work(store: Any, config: Any) -> int:
+        data = Path(config.arvnode.data_directory)
+        token = await embedded.ensure_admin_token(store, data)
+        url = config.services.controller.external_url
+        print(f"# arvnode state directory: {data}")
+        print(embedded.env_lines(url.netloc, token, str(data / "tls" / "ca.pem")), end="")
+        return 0
+
+    return run_with_store(args, work)

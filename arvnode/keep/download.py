@@ -1,0 +1,286 @@
+"""Keep GET: stream a stored block to the client with backpressure, checking
+its md5 on the way, and never let a corrupt block look complete.
+
+Why: a block is up to 64 MiB and a client may read slowly, so the volume's
+reader is driven as a push producer through the request (the transport's
+"buffer full" pauses it); md5 runs on the hash pool in batches alongside (the
+reader is also paused while a full batch waits behind one being hashed). The
+md5 can only be judged after the last byte, so the last chunk is held back
+until it is: on a mismatch the connection is aborted instead of finishing,
+and the client sees a short body, never a complete-looking corrupt one
+(DESIGN.md §2). The bad replica is remembered (:class:`BadReplicas`) so the
+next read goes elsewhere.
+"""
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from typing import Any
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import (
+    IConsumer,
+    IDelayedCall,
+    IPushProducer,
+    IReactorFromThreads,
+    IReactorTime,
+)
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
+
+from arvnode.keep.volume import IBlockReader
+
+__all__ = ["BadReplicas", "VerifyingRelay", "RelayStats"]
+
+INLINE_HASH_LIMIT = 64 * 1024
+
+
+class BadReplicas:
+    """``(volume uuid, hash)`` pairs known to hold corrupt data (bounded)."""
+
+    def __init__(self, limit: int = 10000) -> None:
+        self._limit = limit
+        self._bad: OrderedDict[tuple[str, str], None] = OrderedDict()
+
+    def add(self, volume_uuid: str, hash: str) -> None:
+        self._bad[(volume_uuid, hash)] = None
+        self._bad.move_to_end((volume_uuid, hash))
+        while len(self._bad) > self._limit:
+            self._bad.popitem(last=False)
+
+    def discard(self, volume_uuid: str, hash: str) -> None:
+        """Forget a pair (the block was rewritten there)."""
+        self._bad.pop((volume_uuid, hash), None)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._bad
+
+    def __len__(self) -> int:
+        return len(self._bad)
+
+
+class RelayStats:
+    """Per-node counters of what GETs hold, for tests and metrics."""
+
+    def __init__(self) -> None:
+        self.max_unhashed = 0  # high-water mark of bytes read but not yet hashed
+
+
+def _hash_chunks(md5: "hashlib._Hash", chunks: list[bytes]) -> None:
+    for chunk in chunks:
+        md5.update(chunk)
+
+
+@implementer(IConsumer, IPushProducer)
+class VerifyingRelay:
+    """Consumer for an :class:`IBlockReader`, producer for the request.
+
+    :meth:`run` returns the outcome: ``"ok"`` (all bytes sent, md5 matched,
+    request finished), ``"corrupt"`` (md5 or length mismatch: connection
+    aborted), ``"gone"`` (client went away), ``"error"`` (read failed after
+    the headers went out: connection aborted), or ``"stalled"`` (client did
+    not read for ``stall_timeout``: connection aborted).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        request: Any,
+        *,
+        expected_hash: str,
+        size: int,
+        reactor: IReactorFromThreads,
+        clock: IReactorTime,
+        hash_pool: ThreadPool,
+        batch_size: int,
+        stall_timeout: float,
+        stats: RelayStats,
+    ) -> None:
+        self._request = request
+        self._expected = expected_hash
+        self._size = size
+        self._reactor = reactor
+        self._clock = clock
+        self._pool = hash_pool
+        self._batch_size = max(1, batch_size)
+        self._stall_timeout = stall_timeout
+        self._stats = stats
+        self._md5 = hashlib.md5()
+        self._reader: Any = None
+        self._holds: set[str] = set()
+        self._pending: list[bytes] = []
+        self._pending_len = 0
+        self._hashing: Deferred[None] | None = None
+        self._hashing_len = 0
+        self._held: list[bytes] = []
+        self._read = 0
+        self._overflow = False
+        self._stall: IDelayedCall | None = None
+        self._stalled = False
+        self.bytes_sent = 0
+
+    # -- IConsumer (for the block reader) --------------------------------------
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self._reader = producer
+        self._request.registerProducer(self, True)
+
+    def unregisterProducer(self) -> None:
+        self._reader = None
+        if self._request.channel is not None and self._request.producer is not None:
+            self._request.unregisterProducer()
+
+    def write(self, data: bytes) -> None:
+        self._read += len(data)
+        if self._read > self._size:
+            self._overflow = True
+            return
+        if self._read == self._size:
+            self._held.append(data)  # sent only once the md5 is known good
+        else:
+            self._request.write(data)
+            self.bytes_sent += len(data)
+        self._pending.append(data)
+        self._pending_len += len(data)
+        self._note()
+        self._pump()
+
+    # -- IPushProducer (for the request) ---------------------------------------
+
+    def pauseProducing(self) -> None:
+        self._hold("transport")
+        if self._stall is None and self._stall_timeout > 0:
+            self._stall = self._clock.callLater(self._stall_timeout, self._stalled_out)
+
+    def resumeProducing(self) -> None:
+        if self._stall is not None:
+            if self._stall.active():
+                self._stall.cancel()
+            self._stall = None
+        self._release("transport")
+
+    def stopProducing(self) -> None:
+        reader = self._reader
+        if reader is not None:
+            reader.stopProducing()
+
+    # -- running ------------------------------------------------------------------
+
+    async def run(self, reader: IBlockReader) -> str:
+        # A client that goes away stops the disk reads too.
+        self._request.notifyFinish().addErrback(lambda _: self.stopProducing())
+        try:
+            await reader.produce(self)
+        except Exception as e:
+            self._cancel_stall()
+            if self._stalled:
+                return "stalled"
+            if self._request.gone:
+                return "gone"
+            self.log.warn(
+                "reading {hash} failed after the headers were sent: {error}",
+                hash=self._expected,
+                error=str(e),
+            )
+            self._abort()
+            return "error"
+        self._cancel_stall()
+        if self._pending:
+            self._launch()
+        while self._hashing is not None:
+            await self._hashing
+        if self._request.gone:
+            return "gone"
+        digest = self._md5.hexdigest()
+        if self._overflow or self._read != self._size or digest != self._expected:
+            self._abort()
+            return "corrupt"
+        for chunk in self._held:
+            self._request.write(chunk)
+            self.bytes_sent += len(chunk)
+        self._held = []
+        self._request.finish()
+        return "ok"
+
+    @property
+    def digest(self) -> str:
+        return self._md5.hexdigest()
+
+    @property
+    def bytes_read(self) -> int:
+        return self._read
+
+    # -- internals ---------------------------------------------------------------
+
+    def _note(self) -> None:
+        unhashed = self._pending_len + self._hashing_len
+        if unhashed > self._stats.max_unhashed:
+            self._stats.max_unhashed = unhashed
+
+    def _hold(self, reason: str) -> None:
+        if reason in self._holds:
+            return
+        first = not self._holds
+        self._holds.add(reason)
+        if first and self._reader is not None:
+            self._reader.pauseProducing()
+
+    def _release(self, reason: str) -> None:
+        if reason not in self._holds:
+            return
+        self._holds.discard(reason)
+        if not self._holds and self._reader is not None:
+            self._reader.resumeProducing()
+
+    def _pump(self) -> None:
+        if self._hashing is None and self._pending_len >= self._batch_size:
+            self._launch()
+        if self._hashing is not None and self._pending_len >= self._batch_size:
+            self._hold("hash")
+        else:
+            self._release("hash")
+
+    def _launch(self) -> None:
+        chunks, self._pending = self._pending, []
+        n, self._pending_len = self._pending_len, 0
+        self._hashing_len = n
+        if n < INLINE_HASH_LIMIT:
+            _hash_chunks(self._md5, chunks)
+            d: Deferred[None] = succeed(None)
+        else:
+            d = deferToThreadPool(self._reactor, self._pool, _hash_chunks, self._md5, chunks)
+        self._hashing = d
+        d.addBoth(self._hashed)
+
+    def _hashed(self, result: object) -> object:
+        self._hashing = None
+        self._hashing_len = 0
+        if isinstance(result, Failure):
+            self.log.failure("hashing a block failed", result)
+            self._overflow = True  # cannot vouch for the data: treat as corrupt
+        self._pump()
+        return None
+
+    def _stalled_out(self) -> None:
+        self._stall = None
+        self._stalled = True
+        self.log.info(
+            "client stopped reading {hash} for {timeout}s; dropping it",
+            hash=self._expected,
+            timeout=self._stall_timeout,
+        )
+        self._abort()
+
+    def _cancel_stall(self) -> None:
+        if self._stall is not None and self._stall.active():
+            self._stall.cancel()
+        self._stall = None
+
+    def _abort(self) -> None:
+        channel = self._request.channel
+        if channel is not None and channel.transport is not None:
+            channel.transport.abortConnection()

@@ -1,0 +1,439 @@
+"""The keepproxy HTTP API (spec arvados-wire.md §4) over arvnode's own volumes.
+
+Routes: ``GET``/``HEAD /<locator>``, ``PUT /<md5>[+size...]``, ``POST /``,
+``OPTIONS``, ``GET /index[/<prefix>]``. Uploads are decided at header time
+through the streaming seam (:mod:`arvnode.http.streaming`) by
+:mod:`arvnode.keep.put`, so a refused ``Expect: 100-continue`` upload never
+sends its body; everything else is this module's leaf resource. This module
+also holds what both share: authentication, permissions, headers, audit.
+
+Decisions worth knowing (DESIGN.md §3a; write-ups in the module's tests):
+
+* Every response, errors and 403s included, carries the CORS headers and
+  ``Via: HTTP/1.1 keepproxy``; error bodies are ``message\\n`` in
+  ``text/plain; charset=utf-8``.
+* A request whose ``Via`` already names a keepproxy is answered **508 Loop
+  Detected** (Arvados: 500 ``loop detected``). A loop is a configuration
+  error; 508 tells it apart from a crash, and the Python SDK does not spend
+  minutes retrying it (it retries 500).
+* No or bad token: 403, never 401. A failing token store: 503 (an outage is
+  not a refusal).
+* A body whose md5 differs from the locator: 422 with both hashes (Arvados
+  answers 5xx after retries; a 4xx is final and says what is wrong).
+* ``PUT /<hash>+<size>`` and ``GET /<hash>`` without a size both work.
+* Replicas: writable volumes in rendezvous order (by volume UUID), as many as
+  ``X-Keep-Desired-Replicas`` (default ``default_replication``) and every
+  class of ``X-Keep-Storage-Classes`` need; ``X-Keep-Storage-Classes-Confirmed``
+  gives the true count per class and is sent on every upload answer. Fewer
+  replicas than asked but at least one: 503, the stored ones are kept.
+* Uploads are refused at header time with 503 + ``Retry-After: 1`` when the
+  declared bytes of all uploads in flight would exceed ``max_inflight_bytes``.
+* The anonymous token may read blocks signed for it but never upload; a
+  token with restricted scopes, or an inactive user, may not upload either.
+"""
+from __future__ import annotations
+
+import hmac
+from typing import Any, Awaitable, Callable, Protocol, Sequence
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+
+from arvnode.auth.identity import Identity
+from arvnode.http.streaming import BodySink, StreamingRequest, plain_error
+from arvnode.keep.download import BadReplicas, RelayStats, VerifyingRelay
+from arvnode.keep.locator import (
+    Locator,
+    LocatorError,
+    SignatureError,
+    SignatureExpired,
+    SignatureMissing,
+    parse_locator,
+    sign_locator,
+    strip_cluster_hints,
+    verify_locator,
+)
+from arvnode.keep.rendezvous import sort_services
+from arvnode.keep.put import Uploads
+from arvnode.keep.upload import InflightBudget, UploadStats, shielded
+from arvnode.keep.volume import IVolume
+from arvnode.keep.wire import (
+    CORS_HEADERS,
+    FORBIDDEN,
+    HASH_PATH_RE,
+    INDEX_RE,
+    OPTIONS_RE,
+    KeepError,
+    bearer_token,
+    format_classes,
+)
+from arvnode.web.metrics import NodeMetrics
+
+__all__ = ["KeepProxy", "KeepPermission", "Authenticate"]
+
+Authenticate = Callable[[str | None], Awaitable[Identity | None]]
+
+class KeepPermission(Protocol):
+    """``Collections.KeepproxyPermission``."""
+
+    user_download: bool
+    user_upload: bool
+    admin_download: bool
+    admin_upload: bool
+
+
+class KeepProxy:
+    """The keepproxy's behaviour; :func:`arvnode.keep.service.build_keepproxy_site`
+    wires it into a site (``header_hook`` for uploads, ``resource`` for the rest).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        *,
+        reactor: IReactorFromThreads,
+        clock: IReactorTime,
+        authenticate: Authenticate,
+        volumes: Sequence[IVolume],
+        signing_key: str,
+        signing_ttl: float,
+        blob_signing: bool,
+        default_replication: int,
+        permission: KeepPermission,
+        system_root_token: str,
+        metrics: NodeMetrics,
+        hash_pool: ThreadPool,
+        upload_window: int,
+        max_inflight_bytes: int,
+        idle_timeout: float,
+    ) -> None:
+        # An instance attribute: as a class attribute, Logger's descriptor
+        # would replace the namespace with the class name.
+        self.audit = Logger(namespace="arvnode.keep.audit")
+        self.reactor = reactor
+        self._clock = clock
+        self._authenticate = authenticate
+        self.volumes = list(volumes)
+        self.signing_key = signing_key
+        self.signing_ttl = signing_ttl
+        self._blob_signing = blob_signing
+        self.default_replication = max(1, int(default_replication))
+        self._permission = permission
+        self._root_token = system_root_token
+        self.metrics = metrics
+        self.hash_pool = hash_pool
+        # The window bounds what one upload holds: one batch in flight plus
+        # one filling up.
+        self.batch_size = max(64 * 1024, upload_window // 2)
+        self.budget = InflightBudget(max_inflight_bytes)
+        self._idle_timeout = idle_timeout
+        self.upload_stats = UploadStats()
+        self.relay_stats = RelayStats()
+        self.bad_replicas = BadReplicas()
+        self.uploads = Uploads(self)
+        self.resource = KeepResource(self)
+
+    def header_hook(self, request: StreamingRequest) -> Awaitable[BodySink | None] | None:
+        """The streaming seam's hook: uploads are decided at header time."""
+        return self.uploads.header_hook(request)
+
+    # -- shared helpers --------------------------------------------------------
+
+    def common_headers(self, request: Any) -> None:
+        for name, value in CORS_HEADERS.items():
+            request.setHeader(name, value)
+        proto = request.clientproto if request.clientproto.startswith(b"HTTP/") else b"HTTP/1.1"
+        request.setHeader(b"Via", proto + b" keepproxy")
+
+    def send_error(self, request: Any, code: int, message: str, headers: dict[str, str] | None = None) -> None:
+        """Plain-text error with the keepproxy headers (also used by the seam)."""
+        if request.finished or request._disconnected:
+            return
+        self.common_headers(request)
+        for name, value in (headers or {}).items():
+            if value:
+                request.setHeader(name.encode(), value.encode())
+        plain_error(request, code, message)
+
+    def loop_check(self, request: Any) -> None:
+        for via in request.requestHeaders.getRawHeaders(b"via", []):
+            if b" keepproxy" in via:
+                raise KeepError(508, "loop detected")
+
+    def now(self) -> float:
+        return self._clock.seconds()
+
+    async def identify(self, request: Any) -> tuple[str, Identity]:
+        token = bearer_token(request)
+        if token is None:
+            raise KeepError(403, FORBIDDEN)
+        try:
+            identity = await self._authenticate(token)
+        except CancelledError:
+            raise
+        except Exception as e:
+            self.log.warn(
+                "{request_id}: token check failed: {error}",
+                request_id=getattr(request, "request_id", ""),
+                error=e.__class__.__name__ + (f": {e}" if str(e) else ""),
+            )
+            raise KeepError(503, "could not check the token now; try again") from e
+        if identity is None:
+            raise KeepError(403, FORBIDDEN)
+        request.user_uuid = identity.user_uuid
+        return token, identity
+
+    def _may_download(self, identity: Identity) -> bool:
+        p = self._permission
+        return bool(p.admin_download if identity.is_admin else p.user_download)
+
+    def may_upload(self, identity: Identity) -> bool:
+        if identity.is_anonymous or not identity.is_active:
+            return False
+        if tuple(identity.scopes) != ("all",):
+            return False
+        p = self._permission
+        return bool(p.admin_upload if identity.is_admin else p.user_upload)
+
+    def _client(self, request: Any) -> str:
+        peer = request.getClientAddress()
+        return str(getattr(peer, "host", "-"))
+
+    def audit_transfer(
+        self,
+        request: Any,
+        op: str,
+        locator: str,
+        *,
+        nbytes: int,
+        outcome: str,
+        replicas: int | None = None,
+        classes: dict[str, int] | None = None,
+    ) -> None:
+        """One line per block transfer. Never a token or a signature."""
+        self.audit.info(
+            "keep {op} {locator} user={user} bytes={bytes} replicas={replicas}"
+            " classes={classes} client={client} request_id={request_id} outcome={outcome}",
+            op=op,
+            locator=locator,
+            user=getattr(request, "user_uuid", None) or "-",
+            bytes=nbytes,
+            replicas="-" if replicas is None else replicas,
+            classes=format_classes(classes) if classes else "-",
+            client=self._client(request),
+            request_id=getattr(request, "request_id", ""),
+            outcome=outcome,
+        )
+
+    async def handle(self, request: Any) -> None:
+        try:
+            await self._route(request)
+        except KeepError as e:
+            self.send_error(request, e.code, e.message, e.headers)
+
+    async def _route(self, request: Any) -> None:
+        self.common_headers(request)
+        self.loop_check(request)
+        method, path = request.method, request.path
+        if method == b"OPTIONS":
+            if not OPTIONS_RE.match(path):
+                raise KeepError(400, "Bad request")
+            request.setResponseCode(200)
+            request.setHeader(b"Content-Length", b"0")
+            request.finish()
+            return
+        index = INDEX_RE.match(path)
+        if index is not None:
+            if method != b"GET":
+                raise KeepError(405, "method not allowed")
+            await self._index(request, (index.group(1) or b"").decode())
+            return
+        if HASH_PATH_RE.match(path):
+            if method not in (b"GET", b"HEAD"):
+                raise KeepError(405, "method not allowed")
+            await self._read(request)
+            return
+        raise KeepError(400, "Bad request")
+
+    async def _index(self, request: Any, prefix: str) -> None:
+        token = bearer_token(request)
+        if (
+            token is None
+            or not self._root_token
+            or not hmac.compare_digest(token.encode(), self._root_token.encode())
+        ):
+            raise KeepError(403, FORBIDDEN)
+        lines: list[str] = []
+        for v in sorted(self.volumes, key=lambda v: v.uuid):
+            try:
+                entries = await v.index(prefix)
+            except Exception as e:
+                raise KeepError(502, f"index of volume {v.uuid} failed: {e}") from e
+            lines.extend(f"{h}+{size} {mtime}\n" for h, size, mtime in entries)
+        body = ("".join(lines) + "\n").encode()
+        request.setResponseCode(200)
+        request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+        request.setHeader(b"Content-Length", str(len(body)).encode())
+        request.write(body)
+        request.finish()
+
+    async def _read(self, request: Any) -> None:
+        head = request.method == b"HEAD"
+        op = "head" if head else "get"
+        text = request.path[1:].decode("ascii", "replace")
+        try:
+            locator = parse_locator(strip_cluster_hints(text))
+        except LocatorError as e:
+            raise KeepError(400, f"invalid locator: {e}") from e
+        token, identity = await self.identify(request)
+        if not self._may_download(identity):
+            raise KeepError(403, FORBIDDEN)
+        name = str(locator.without_hints())
+        if locator.is_empty_block:
+            self._sign_header(request, locator, token, 0)
+            request.setResponseCode(200)
+            request.setHeader(b"Content-Length", b"0")
+            request.finish()
+            self.audit_transfer(request, op, name, nbytes=0, outcome="ok")
+            return
+        if self._blob_signing:
+            self._check_signature(locator, token)
+        hash = locator.hash
+        found_error: list[str] = []
+        skipped_bad = False
+        for volume in sort_services(hash, self.volumes, key=lambda v: v.uuid):
+            if (volume.uuid, hash) in self.bad_replicas:
+                skipped_bad = True
+                continue
+            try:
+                if head:
+                    size = await volume.stat(hash)
+                    reader = None
+                else:
+                    # Shielded: if the client leaves meanwhile, the late
+                    # reader is closed rather than leaking its descriptor.
+                    ok, value = await shielded(
+                        volume.open_read(hash), lambda r: r is not None and r.close()
+                    )
+                    if not ok:
+                        value.raiseException()
+                    reader = value
+                    size = None if reader is None else int(reader.size)
+            except CancelledError:
+                raise
+            except Exception as e:
+                self.log.warn(
+                    "volume {volume}: reading {hash} failed: {error}",
+                    volume=volume.uuid,
+                    hash=hash,
+                    error=str(e),
+                )
+                found_error.append(f"{volume.uuid}: {e}")
+                continue
+            if size is None:
+                continue
+            if request.gone:
+                if reader is not None:
+                    reader.close()
+                return
+            self._sign_header(request, locator, token, size)
+            request.setResponseCode(200)
+            request.setHeader(b"Content-Length", str(size).encode())
+            if reader is None:
+                request.finish()
+                self.audit_transfer(request, op, f"{hash}+{size}", nbytes=0, outcome="ok")
+                return
+            await self._stream(request, volume, reader, hash, size)
+            return
+        if found_error:
+            raise KeepError(502, f"GET {name} failed: " + "; ".join(found_error))
+        if skipped_bad:
+            raise KeepError(502, "checksum mismatch in stored data")
+        self.audit_transfer(request, op, name, nbytes=0, outcome="not-found")
+        raise KeepError(404, "Block not found")
+
+    def _check_signature(self, locator: Locator, token: str) -> None:
+        try:
+            verify_locator(locator, token, self.signing_key, self.signing_ttl, self.now())
+        except SignatureExpired as e:
+            raise KeepError(403, "expired signature") from e
+        except SignatureMissing as e:
+            if locator.remote is not None:
+                raise KeepError(
+                    403, "remote (+R) locators are not served by this keepproxy"
+                ) from e
+            raise KeepError(403, "missing signature") from e
+        except SignatureError as e:
+            raise KeepError(403, "invalid signature") from e
+
+    def _sign_header(self, request: Any, locator: Locator, token: str, size: int) -> None:
+        wanted = request.getHeader(b"x-keep-signature")
+        if wanted is None or not self.signing_key:
+            return
+        kind = wanted.decode("latin-1").split(",", 1)[0].strip()
+        if kind != "local":
+            return
+        signed = sign_locator(f"{locator.hash}+{size}", token, self.signing_key, self.signing_ttl, self.now())
+        request.setHeader(b"X-Keep-Locator", signed.encode())
+
+    async def _stream(
+        self, request: Any, volume: IVolume, reader: Any, hash: str, size: int
+    ) -> None:
+        relay = VerifyingRelay(
+            request,
+            expected_hash=hash,
+            size=size,
+            reactor=self.reactor,
+            clock=self._clock,
+            hash_pool=self.hash_pool,
+            batch_size=self.batch_size,
+            stall_timeout=self._idle_timeout,
+            stats=self.relay_stats,
+        )
+        outcome = await relay.run(reader)
+        self.metrics.bytes.labels(direction="out").inc(relay.bytes_sent)
+        if outcome == "corrupt":
+            self.bad_replicas.add(volume.uuid, hash)
+            self.metrics.corrupt_blocks.labels(volume=volume.uuid).inc()
+            self.log.error(
+                "volume {volume}: stored block {hash} is corrupt (read {read} bytes,"
+                " md5 {digest}); connection aborted, replica avoided from now on",
+                volume=volume.uuid,
+                hash=hash,
+                read=relay.bytes_read,
+                digest=relay.digest,
+            )
+        self.audit_transfer(request, "get", f"{hash}+{size}", nbytes=relay.bytes_sent, outcome=outcome)
+
+
+class KeepResource(Resource):
+    """Leaf resource for every non-upload keepproxy route."""
+
+    isLeaf = True
+
+    def __init__(self, proxy: KeepProxy) -> None:
+        super().__init__()
+        self._proxy = proxy
+
+    def render(self, request: Any) -> int:
+        d = Deferred.fromCoroutine(self._proxy.handle(request))
+        request.notifyFinish().addErrback(lambda _: d.cancel())
+        d.addErrback(self._failed, request)
+        return NOT_DONE_YET
+
+    def _failed(self, f: Failure, request: Any) -> None:
+        if f.check(CancelledError) and request._disconnected:
+            return
+        self._proxy.log.failure("keepproxy request failed", f)
+        if request._disconnected or request.finished:
+            return
+        if request.startedWriting:
+            request.channel.transport.abortConnection()
+            return
+        self._proxy.send_error(request, 500, "internal error")

@@ -1,0 +1,96 @@
+"""The volume seam: where blocks rest.
+
+Every backend (directory, S3 bucket, upstream keepstore) implements
+:class:`IVolume`. The interface is built for streaming so the keepproxy never
+holds a whole block: a write is opened, fed batches (each ``write`` returns a
+Deferred that fires when the volume has taken the batch, which is the
+backpressure signal), then committed or aborted; a read is a push producer
+attached to a consumer.
+
+All hashes passed here are 32 lowercase hex characters, already validated.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Sequence
+
+from zope.interface import Attribute, Interface
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+    from twisted.internet.interfaces import IConsumer
+
+
+class VolumeError(Exception):
+    """The volume could not do what was asked (I/O error, bucket down ...).
+
+    The keepproxy maps this to a 5xx (503 for writes, 502 for reads); it is
+    never a client error.
+    """
+
+
+class VolumeFull(VolumeError):
+    """No space left: keepstore's 507."""
+
+
+class CorruptBlock(VolumeError):
+    """Stored data does not match its hash."""
+
+
+class IBlockWriter(Interface):
+    """One in-progress block write. Nothing is readable until :meth:`commit`."""
+
+    def write(data: bytes) -> "Deferred[None]":
+        """Append ``data``. The Deferred fires once the volume has taken it
+        (it may still be in a buffer); callers send the next batch only
+        after it fired, which is the flow control. Errbacks with
+        :class:`VolumeError`."""
+
+    def commit() -> "Deferred[None]":
+        """Make the block durable under its final name (fsync, rename,
+        directory fsync, or the bucket's final PUT). Fires when durable."""
+
+    def abort() -> "Deferred[None]":
+        """Discard everything written. Safe to call at any time, more than
+        once, and after a failed write or commit."""
+
+
+class IBlockReader(Interface):
+    """An open stored block."""
+
+    size = Attribute("Size of the stored block in bytes (int).")
+
+    def produce(consumer: "IConsumer") -> "Deferred[None]":
+        """Register as a streaming (push) producer on ``consumer`` and write
+        the block to it in chunks, honouring pauseProducing/resumeProducing.
+        Fires after the last byte was written and the producer unregistered;
+        errbacks (after unregistering) on I/O error. ``stopProducing`` from
+        the consumer stops reading and errbacks the Deferred."""
+
+    def close() -> None:
+        """Release resources without producing (e.g. HEAD)."""
+
+
+class IVolume(Interface):
+    uuid = Attribute("Arvados volume UUID, e.g. 'zzzzz-nyw5e-000000000000000'.")
+    replication = Attribute("How many copies one write to this volume counts for (int).")
+    read_only = Attribute("True if the volume takes no writes.")
+    storage_classes = Attribute("Tuple of storage class names this volume serves.")
+
+    def start() -> "Deferred[None]":
+        """Prepare the volume (create dirs, clean leftovers of a crash)."""
+
+    def stop() -> "Deferred[None]":
+        """Release pools and connections."""
+
+    def open_write(hash: str, size: int) -> "Deferred[IBlockWriter]":
+        """Begin writing the block ``hash`` of ``size`` bytes."""
+
+    def open_read(hash: str) -> "Deferred[IBlockReader | None]":
+        """Open the block for reading, or None if this volume lacks it."""
+
+    def stat(hash: str) -> "Deferred[int | None]":
+        """The stored size of ``hash``, or None if absent. Cheap."""
+
+    def index(prefix: str) -> "Deferred[Sequence[tuple[str, int, int]]]":
+        """``(hash, size, mtime_ns)`` of every block whose hash starts with
+        ``prefix``, for ``/index``."""

@@ -1,0 +1,67 @@
+"""What the keepproxy's answers look like on the wire (spec arvados-wire.md §4.2).
+
+Kept apart from the request handling so the header set, the error shape and
+the token parsing are defined once and easy to compare with the spec.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+__all__ = [
+    "CORS_HEADERS",
+    "FORBIDDEN",
+    "HASH_PATH_RE",
+    "INDEX_RE",
+    "OPTIONS_RE",
+    "KeepError",
+    "bearer_token",
+    "format_classes",
+]
+
+CORS_HEADERS = {
+    b"Access-Control-Allow-Origin": b"*",
+    b"Access-Control-Allow-Methods": b"GET, HEAD, PUT, OPTIONS, POST",
+    b"Access-Control-Allow-Headers": (
+        b"Authorization, Content-Length, Content-Type, X-Keep-Desired-Replicas,"
+        b" X-Keep-Signature, X-Keep-Storage-Classes"
+    ),
+    b"Access-Control-Expose-Headers": (
+        b"X-Keep-Locator, X-Keep-Replicas-Stored, X-Keep-Storage-Classes-Confirmed"
+    ),
+    b"Access-Control-Max-Age": b"86486400",
+}
+
+#: Routes (spec 4.1): paths are matched raw, with a literal "+".
+HASH_PATH_RE = re.compile(rb"^/[0-9a-f]{32}(\+[^/]*)?$")
+INDEX_RE = re.compile(rb"^/index(?:/([0-9a-f]{0,32}))?$")
+OPTIONS_RE = re.compile(rb"^/[^/]*$")
+FORBIDDEN = "Missing or invalid Authorization header, or method not allowed"
+
+
+class KeepError(Exception):
+    """An answer that is not a success: status, message, extra headers."""
+
+    def __init__(self, code: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+
+
+def bearer_token(request: Any) -> str | None:
+    """The token of ``Authorization: Bearer|OAuth2 <token>``; nothing else counts."""
+    header = request.getHeader(b"authorization")
+    if not header:
+        return None
+    scheme, _, token = header.decode("latin-1").partition(" ")
+    if scheme not in ("Bearer", "OAuth2") or not token:
+        return None
+    return token
+
+
+def format_classes(counts: dict[str, int] | None) -> str:
+    """``X-Keep-Storage-Classes-Confirmed`` value: ``a=1, b=2`` sorted by name."""
+    if not counts:
+        return ""
+    return ", ".join(f"{name}={n}" for name, n in sorted(counts.items()))

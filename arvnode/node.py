@@ -1,0 +1,291 @@
+"""The one place that wires a node together.
+
+``build_node(config, reactor)`` turns a validated :class:`arvnode.config.Config`
+into a service tree; it does no I/O. Starting the tree does the I/O in a
+fixed order — thread pools, database (migrations, system records), volumes,
+then the listeners — so a node never accepts a request it cannot serve.
+Stopping reverses it: listeners close and drain first (grace period), then
+volumes, database and pools.
+
+Every collaborator is built here and passed down; nothing below this module
+reaches for the global reactor, a global registry or a singleton, so tests
+run several nodes in one process.
+"""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any, Callable
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+
+from arvnode import embedded
+from arvnode.api.service import build_controller_site
+from arvnode.auth.tokens import Authenticator
+from arvnode.config import Config
+from arvnode.keep.service import build_keepproxy_site
+from arvnode.keep.volumes import build_volume
+from arvnode.services import HTTPListener, OrderedMultiService
+from arvnode.store import open_store
+from arvnode.tls import ReloadableServerTLS
+from arvnode.web.metrics import NodeMetrics
+
+DEFAULT_STATE_DIR = "/var/lib/arvnode"
+
+
+class ThreadPools(Service):
+    """Bounded thread pools for blocking work: file I/O and hashing.
+
+    Separate pools so a burst of disk writes cannot starve md5, and neither
+    can starve the database pool (which adbapi owns).
+    """
+
+    def __init__(self, io_threads: int = 8, hash_threads: int = 2) -> None:
+        self.io = ThreadPool(minthreads=1, maxthreads=io_threads, name="arvnode-io")
+        self.hashing = ThreadPool(minthreads=1, maxthreads=hash_threads, name="arvnode-hash")
+
+    def startService(self) -> None:
+        super().startService()
+        self.io.start()
+        self.hashing.start()
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.io.stop()
+        self.hashing.stop()
+
+
+class StoreService(Service):
+    def __init__(self, store: Any, config: Config) -> None:
+        self.store = store
+        self._config = config
+
+    async def start_async(self) -> None:
+        await self.store.start()
+        await self.store.ensure_system_records(
+            system_root_token=self._config.system_root_token,
+            anonymous_token=self._config.users.anonymous_user_token,
+        )
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return Deferred.fromCoroutine(self.store.stop())
+
+
+class VolumesService(Service):
+    def __init__(self, volumes: list[Any]) -> None:
+        self.volumes = volumes
+
+    async def start_async(self) -> None:
+        for volume in self.volumes:
+            await volume.start()
+
+    def stopService(self) -> Deferred[Any]:
+        super().stopService()
+        return DeferredList([maybeDeferred(v.stop) for v in self.volumes])
+
+
+class Node(OrderedMultiService):
+    """The top service of one arvnode process."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        state_dir: Path,
+        embedded_mode: bool,
+        on_fatal: Callable[[Failure], None],
+        announce: Callable[[str], None],
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.state_dir = state_dir
+        self.embedded_mode = embedded_mode
+        self._on_fatal = on_fatal
+        self._announce = announce
+        self._started: Deferred[None] | None = None
+        self.admin_token: str | None = None
+
+    @property
+    def listeners(self) -> list[HTTPListener]:
+        return [s for s in self if isinstance(s, HTTPListener)]
+
+    def startService(self) -> None:
+        if self.config.unknown_keys:
+            # Once, as one line: a real Arvados config has hundreds of keys
+            # for services arvnode does not run.
+            self.log.warn(
+                "config keys not used by arvnode ({n}): {keys}",
+                n=len(self.config.unknown_keys), keys=", ".join(self.config.unknown_keys),
+            )
+        for warning in getattr(self.config, "warnings", ()):
+            self.log.warn("config: {problem}", problem=warning)
+        super().startService()  # sync parts: thread pools
+        self._started = Deferred.fromCoroutine(self._start())
+        self._started.addErrback(self._fatal)
+
+    def started(self) -> Deferred[None]:
+        """Fires when every listener is up (tests await this)."""
+        assert self._started is not None, "node not started"
+        d: Deferred[None] = Deferred()
+        self._started.addBoth(lambda r: (d.callback(None) if not isinstance(r, Failure) else d.errback(r), r)[1])
+        return d
+
+    async def _start(self) -> None:
+        store_service: StoreService = self.getServiceNamed("store")  # type: ignore[assignment]
+        await store_service.start_async()
+        volumes: VolumesService = self.getServiceNamed("volumes")  # type: ignore[assignment]
+        await volumes.start_async()
+        if self.embedded_mode:
+            self.admin_token = await embedded.ensure_admin_token(store_service.store, self.state_dir)
+        for listener in self.listeners:
+            await listener.listen()
+        if self.embedded_mode and self.admin_token:
+            controller: HTTPListener = self.getServiceNamed("controller")  # type: ignore[assignment]
+            text = embedded.env_lines(
+                f"127.0.0.1:{controller.port}", self.admin_token,
+                str(self.state_dir / "tls" / "ca.pem"),
+            )
+            embedded.write_env_file(self.state_dir, text)
+            self._announce(text)
+        self.log.info("arvnode cluster {cluster} is up", cluster=self.config.cluster_id)
+
+    def _fatal(self, failure: Failure) -> None:
+        self.log.failure("arvnode failed to start", failure)
+        self._on_fatal(failure)
+
+    def reload_tls(self) -> None:
+        for listener in self.listeners:
+            if listener.tls is not None:
+                listener.tls.reload()
+
+    def stopService(self) -> Deferred[None]:
+        Service.stopService(self)
+        return Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        # Listeners first, together: stop accepting, drain, cut after grace.
+        await DeferredList([maybeDeferred(l.stopService) for l in self.listeners])
+        for service in reversed(list(self)):
+            if not isinstance(service, HTTPListener):
+                await maybeDeferred(service.stopService)
+
+
+def _listen_url(service: Any, name: str) -> Any:
+    """The address to bind: the first InternalURL (or its ListenURL)."""
+    if not service.internal_urls:
+        raise ValueError(f"Services.{name}.InternalURLs: no URL to listen on")
+    return service.listen_url(service.internal_urls[0])
+
+
+def build_node(
+    config: Config,
+    reactor: Any,
+    *,
+    rng: random.Random | None = None,
+    embedded_mode: bool = False,
+    on_fatal: Callable[[Failure], None] = lambda f: None,
+    announce: Callable[[str], None] = lambda text: None,
+) -> Node:
+    """Build (without starting) the service tree of one node."""
+    rng = rng or random.SystemRandom()
+    state_dir = Path(config.arvnode.data_directory or DEFAULT_STATE_DIR)
+    node = Node(config, state_dir=state_dir, embedded_mode=embedded_mode,
+                on_fatal=on_fatal, announce=announce)
+    metrics = NodeMetrics()
+    node.metrics = metrics
+
+    pools = ThreadPools()
+    pools.setName("threadpools")
+    pools.setServiceParent(node)
+
+    store = open_store(
+        reactor,
+        cluster_id=config.cluster_id,
+        postgresql=dict(config.postgresql.connection) or None,
+        sqlite_path=str(state_dir / "arvnode.sqlite"),
+        clock=reactor,
+        rng=rng,
+        max_threads=config.postgresql.connection_pool if config.postgresql.connection else 1,
+    )
+    store_service = StoreService(store, config)
+    store_service.setName("store")
+    store_service.setServiceParent(node)
+    node.store = store
+
+    volumes = [
+        build_volume(uuid, vc, reactor=reactor, threadpool=pools.io, rng=rng)
+        for uuid, vc in sorted(config.volumes.items())
+    ]
+    volumes_service = VolumesService(volumes)
+    volumes_service.setName("volumes")
+    volumes_service.setServiceParent(node)
+
+    authenticator = Authenticator(store, reactor, cache_ttl=config.arvnode.token_cache_ttl)
+    node.authenticator = authenticator
+
+    tls: ReloadableServerTLS | None = None
+
+    def tls_for(url: Any) -> ReloadableServerTLS | None:
+        nonlocal tls
+        if url.scheme != "https":
+            return None
+        if tls is None:
+            tls = ReloadableServerTLS(config.tls.certificate, config.tls.key)
+        return tls
+
+    grace = config.arvnode.shutdown_grace_period
+
+    async def ping_store() -> None:
+        await store.ping()
+
+    controller_site = build_controller_site(
+        clock=reactor, rng=rng, metrics=metrics,
+        management_token=config.management_token,
+        health_checks={"ping": ping_store},
+        max_concurrent=config.api.max_concurrent_requests,
+        max_queued=config.api.max_queued_requests,
+        request_timeout=config.api.request_timeout,
+    )
+    url = _listen_url(config.services.controller, "Controller")
+    controller = HTTPListener(reactor, host=url.host, port=url.port, site=controller_site,
+                              tls=tls_for(url), grace_period=grace)
+    controller.setName("controller")
+    controller.setServiceParent(node)
+
+    async def keep_ping() -> None:
+        return None
+
+    kp = config.arvnode.keepproxy
+    keep_site = build_keepproxy_site(
+        reactor=reactor, clock=reactor, rng=rng,
+        authenticate=authenticator.authenticate,
+        volumes=volumes,
+        signing_key=config.collections.blob_signing_key,
+        signing_ttl=config.collections.blob_signing_ttl,
+        blob_signing=config.collections.blob_signing,
+        default_replication=config.collections.default_replication,
+        permission=config.collections.keepproxy_permission,
+        system_root_token=config.system_root_token,
+        management_token=config.management_token,
+        metrics=metrics,
+        hash_pool=pools.hashing,
+        upload_window=kp.upload_window,
+        max_inflight_bytes=kp.max_inflight_bytes,
+        idle_timeout=kp.idle_timeout,
+    )
+    url = _listen_url(config.services.keepproxy, "Keepproxy")
+    keepproxy = HTTPListener(reactor, host=url.host, port=url.port, site=keep_site,
+                             tls=tls_for(url), grace_period=grace)
+    keepproxy.setName("keepproxy")
+    keepproxy.setServiceParent(node)
+    return node
+
+
+
