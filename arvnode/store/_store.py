@@ -1,4 +1,4 @@
-"""The metadata store: users and tokens today, more tables as issues land.
+"""The metadata store: users and tokens here, Arvados objects via :mod:`.objects`.
 
 Every database call is a small synchronous function run by
 ``adbapi.ConnectionPool.runInteraction`` on the pool's bounded worker
@@ -24,6 +24,7 @@ from arvnode import ids
 from arvnode.store._dialect import POSTGRESQL, SQLITE, Dialect, postgresql_pool, sqlite_pool
 from arvnode.store.errors import NotFound, StoreUnavailable
 from arvnode.store.migrations import MIGRATIONS, SCHEMA_MIGRATIONS_DDL, Migration
+from arvnode.store.objects import ObjectsMixin
 from arvnode.store.records import TokenRecord, UserRecord
 
 T = TypeVar("T")
@@ -112,8 +113,12 @@ def _bare_secret(configured: str) -> str:
     return configured
 
 
-class Store:
-    """Users and tokens in SQLite or PostgreSQL; build one with :func:`open_store`."""
+class Store(ObjectsMixin):
+    """Users, tokens and Arvados objects in SQLite or PostgreSQL; build one with :func:`open_store`.
+
+    The generic object methods (create_object, list_objects,
+    permission_levels, ...) come from :class:`ObjectsMixin`.
+    """
 
     log = Logger()
 
@@ -435,7 +440,9 @@ class Store:
     # -- well-known records -----------------------------------------------
 
     async def ensure_system_records(self, *, system_root_token: str, anonymous_token: str) -> None:
-        """Create, idempotently, the system and anonymous users and their tokens.
+        """Create, idempotently, the system and anonymous users and their tokens,
+        and the well-known groups (All users, anonymous, system; role groups
+        owned by the system user).
 
         The token rows get the configured secrets (a changed config replaces
         the old secret; an empty one deletes the row, so a token removed
@@ -455,6 +462,11 @@ class Store:
                 ANONYMOUS_TOKEN_SCOPES,
             ),
         )
+        groups = (
+            (ids.all_users_group_uuid(c), "All users"),
+            (ids.anonymous_group_uuid(c), "Anonymous users"),
+            (ids.system_group_uuid(c), "System group"),
+        )
 
         def ensure(cur: _Cursor) -> None:
             insert_user = (
@@ -472,6 +484,13 @@ class Store:
                 insert_user,
                 (anonymous_user, "", None, "Anonymous", "", False, True, "{}", now, now),
             )
+            for group_uuid, name in groups:
+                cur.execute(
+                    "INSERT INTO groups (uuid, owner_uuid, created_at, modified_at,"
+                    " modified_by_user_uuid, name, description, group_class, properties)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (uuid) DO NOTHING",
+                    (group_uuid, system_user, now, now, system_user, name, None, "role", "{}"),
+                )
             for token_uuid, user_uuid, secret, scopes in wanted:
                 if not secret:
                     cur.execute(
