@@ -137,7 +137,7 @@ class RequestIdAndLogTests(NodeTestCase):
         self.assertFalse([l for l in lines if secret in l], "token secret in the log")
         access = [l for l in lines if "req-logtest" in l]
         self.assertEqual(len(access), 1, lines)
-        self.assertIn("GET /arvados/v1/collections?limit=1 404", access[0])
+        self.assertIn("GET /arvados/v1/collections?limit=1 401", access[0])
         self.assertIn("controller", access[0])
 
 
