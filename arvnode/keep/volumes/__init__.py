@@ -88,4 +88,23 @@ def build_volume(
             rng=rng,
             commit_threadpool=commit_threadpool,
         )
+    if driver == "S3":
+        # Imported here: botocore is only loaded by nodes with S3 volumes.
+        from arvnode.keep.volumes.s3 import S3Volume
+        from arvnode.keep.volumes.s3_params import S3ParameterError, parse_s3_parameters
+
+        try:
+            s3_params = parse_s3_parameters(volume_config.driver_parameters)
+        except S3ParameterError as e:
+            raise ValueError(f"Volumes.{uuid}.DriverParameters: {e}") from None
+        return S3Volume(
+            uuid,
+            s3_params,
+            reactor=reactor,
+            clock=reactor,  # type: ignore[arg-type]
+            rng=rng,
+            replication=int(volume_config.replication or 1),
+            read_only=bool(volume_config.read_only),
+            storage_classes=_storage_classes(volume_config.storage_classes),
+        )
     raise ValueError(f"Volumes.{uuid}.Driver: unsupported volume driver {driver!r}")
