@@ -86,8 +86,11 @@ def makeService(options: Options) -> Any:
         if reactor.running:
             reactor.stop()
 
+    # As Arvados services do, ARVADOS_SERVICE_INTERNAL_URL names which
+    # Services.Keepstore entry this process is, when several share one host.
     node = build_node(config, reactor, embedded_mode=options.embedded,
-                      on_fatal=on_fatal, announce=announce)
+                      on_fatal=on_fatal, announce=announce,
+                      keepstore_url=os.environ.get("ARVADOS_SERVICE_INTERNAL_URL"))
 
     def stop_gracefully(signum: int, frame: Any) -> None:
         # twistd's own handler records the signal and re-raises it at exit,
