@@ -35,10 +35,19 @@ def new_request_id(rng: random.Random) -> str:
     return "req-" + "".join(rng.choice(_BASE36) for _ in range(20))
 
 
+_SIGNATURE = re.compile(r"\+A[0-9a-fA-F]{40}@")
+
+
 def loggable_uri(uri: bytes) -> str:
-    """The request URI with any ``api_token`` query parameter removed."""
+    """The request URI with any ``api_token`` query parameter removed and
+    block permission signatures (``+A<40 hex>@``) masked.
+
+    A signature is useless without the token it was made for, but the
+    audit line never shows one, and the access log follows the same rule.
+    """
     text = uri.decode("latin-1")
     path, sep, query = text.partition("?")
+    path = _SIGNATURE.sub("+A-@", path)
     if not sep:
         return path
     kept = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k != "api_token"]
