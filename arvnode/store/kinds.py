@@ -111,6 +111,15 @@ class Kind:
     def trashable(self) -> bool:
         return "trash_at" in self._by_name
 
+    @property
+    def in_projects(self) -> bool:
+        """True when a project can own rows of this kind (owner_uuid is a real column).
+
+        Such rows disappear with a trashed project and go with a deleted one
+        (Arvados' trash inheritance, :mod:`arvnode.store.trash`).
+        """
+        return self._by_name["owner_uuid"].stored
+
 
 def _common(*, owner_column: str | None = None, modified_by_column: str | None = None,
             modified_at_column: str | None = None) -> tuple[Attr, ...]:

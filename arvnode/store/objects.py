@@ -26,9 +26,11 @@ import math
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from arvnode import ids
+from arvnode.store import trash
 from arvnode.store.errors import Conflict, NotFound
 from arvnode.store.kinds import (
     COLLECTIONS,
+    GROUPS,
     INFIX_BY_KIND,
     Attr,
     Kind,
@@ -150,17 +152,34 @@ def _trashed(trash_at: Any, now: float) -> bool:
 
 
 class _SQL:
-    """Builds SQL fragments for one kind, one engine and one moment."""
+    """Builds SQL fragments for one kind, one engine and one moment.
 
-    def __init__(self, kind: Kind, engine: str, now: float) -> None:
+    ``dead`` is :func:`arvnode.store.trash.dead_groups` at that moment: the
+    groups whose rows (and, for groups, themselves) the trash hides.
+    """
+
+    def __init__(self, kind: Kind, engine: str, now: float,
+                 dead: Mapping[str, bool] | None = None) -> None:
         self.kind = kind
         self.pg = engine == "postgresql"
         self.now = now
+        self.dead = dict(dead or {})
 
     def expr(self, attr: Attr) -> tuple[str, list[Any]]:
         if attr.name == "is_trashed":
-            return "(trash_at IS NOT NULL AND trash_at <= ?)", [self.now]
+            sql, params = "(trash_at IS NOT NULL AND trash_at <= ?)", [self.now]
+            if self.dead and self.kind.in_projects:
+                under, p = self.under(sorted(self.dead))
+                sql, params = f"({sql} OR {under})", params + p
+            return sql, params
         return (attr.column or attr.name), []
+
+    def under(self, groups: Sequence[str]) -> tuple[str, list[Any]]:
+        """True for a row owned by one of ``groups`` (for groups: or being one)."""
+        parts = [self.in_list("owner_uuid", [], groups)]
+        if self.kind.table == GROUPS.table:
+            parts.append(self.in_list("uuid", [], groups))
+        return "(" + " OR ".join(s for s, _ in parts) + ")", [x for _, p in parts for x in p]
 
     def columns(self, attrs: Sequence[Attr]) -> tuple[str, list[Any]]:
         parts, params = [], []
@@ -397,20 +416,41 @@ class ObjectsMixin:
     # reading rows (worker thread)
 
     def _select_row(self, cur: Any, kind: Kind, uuid: str, now: float,
-                    attrs: Sequence[Attr] | None = None) -> dict[str, Any] | None:
-        attrs = [a for a in (attrs or kind.attrs) if a.name != "is_trashed"]
+                    *, hide_gone: bool = False) -> dict[str, Any] | None:
+        """The row as a record; is_trashed also when a project above it is trashed.
+
+        ``hide_gone``: None for a row past its delete_at or below a project
+        that is (gone for good, whether or not the sweeper has run yet).
+        """
+        attrs = [a for a in kind.attrs if a.name != "is_trashed"]
         q = _SQL(kind, self._dialect.name, now)
         cols, params = q.columns(attrs)
         row = cur.one(f"SELECT {cols} FROM {kind.table} WHERE uuid = ?", (*params, uuid))
-        return None if row is None else self._record(kind, attrs, row, now)
+        if row is None:
+            return None
+        raw = dict(zip((a.name for a in attrs), row))
+        trashed = gone = False
+        if kind.in_projects:
+            trashed, gone = trash.owner_state(cur, raw.get("owner_uuid"), now)
+        if kind.trashable and _trashed(raw.get("delete_at"), now):
+            gone = True
+        if gone and hide_gone:
+            return None
+        return self._record(kind, attrs, row, now, inherited=trashed)
 
     @staticmethod
-    def _record(kind: Kind, attrs: Sequence[Attr], row: Sequence[Any], now: float
+    def _record(kind: Kind, attrs: Sequence[Attr], row: Sequence[Any], now: float, *,
+                inherited: bool = False, dead: Mapping[str, bool] | None = None
                 ) -> dict[str, Any]:
+        """Decode a row; ``inherited`` (or an owner in ``dead``) marks it trashed
+        by a project above it."""
         raw = dict(zip((a.name for a in attrs), row))
         out = {a.name: _decode(a, raw[a.name]) for a in attrs}
         if kind.trashable:
-            out["is_trashed"] = _trashed(raw.get("trash_at"), now)
+            if dead and not inherited:
+                inherited = raw.get("owner_uuid") in dead or (
+                    kind.table == GROUPS.table and raw.get("uuid") in dead)
+            out["is_trashed"] = _trashed(raw.get("trash_at"), now) or inherited
         return out
 
     def _check_name(self, cur: Any, kind: Kind, row: Mapping[str, Any], now: float) -> bool:
@@ -491,9 +531,16 @@ class ObjectsMixin:
         return await self._run(insert, write=True)  # type: ignore[no-any-return]
 
     async def get_object(self, kind: Kind, uuid: str) -> dict[str, Any]:
-        """The object with this uuid, trashed or not; NotFound if there is none."""
+        """The object with this uuid, trashed or not; NotFound if there is none.
+
+        ``is_trashed`` is true when its own trash_at has passed or a project
+        above it is trashed. Past its delete_at (or below a project past
+        its delete_at) it is NotFound: gone for good, even before the
+        sweeper (:mod:`arvnode.store.sweeper`) removes the row.
+        """
         now = self._clock.seconds()
-        record = await self._run(lambda cur: self._select_row(cur, kind, uuid, now), write=False)
+        record = await self._run(
+            lambda cur: self._select_row(cur, kind, uuid, now, hide_gone=True), write=False)
         if record is None:
             raise NotFound(f"{kind.name} {uuid} not found")
         return record  # type: ignore[no-any-return]
@@ -573,9 +620,19 @@ class ObjectsMixin:
                     readable: frozenset[str] | None) -> tuple[list[str], list[Any]]:
         clauses: list[str] = []
         params: list[Any] = []
-        if kind.trashable and not query_trash:
-            clauses.append("(trash_at IS NULL OR trash_at > ?)")
+        if kind.trashable:
+            # Past delete_at: gone for good, include_trash or not.
+            clauses.append("(delete_at IS NULL OR delete_at > ?)")
             params.append(q.now)
+            if not query_trash:
+                clauses.append("(trash_at IS NULL OR trash_at > ?)")
+                params.append(q.now)
+        if q.dead and kind.in_projects:
+            hidden = trash.split(q.dead, query_trash)
+            if hidden:
+                sql, p = q.under(hidden)
+                clauses.append(f"NOT {sql}")
+                params.extend(p)
         if readable is not None:
             uuids = sorted(readable)
             if not uuids:
@@ -598,18 +655,27 @@ class ObjectsMixin:
         iff its uuid or owner_uuid (links: or tail_uuid) is in it.
         """
         now = self._clock.seconds()
-        q = _SQL(kind, self._dialect.name, now)
-        clauses, params = q.where(query.filters)
-        vis, vparams = self._visibility(kind, q, query.include_trash, readable)
-        clauses, params = clauses + vis, params + vparams
-        where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
-        wanted = [a for a in kind.attrs if query.select is None or a.name in query.select
-                  or a.name == "trash_at" and "is_trashed" in query.select]
+        engine = self._dialect.name
+        # Checked here, on the reactor thread, so a bad filter fails before any SQL runs.
+        _SQL(kind, engine, now).where(query.filters)
+        _SQL(kind, engine, now).order(query.order)
+        wanted = [a for a in kind.attrs if query.select is None or a.name in query.select]
         fetch = [a for a in wanted if a.name != "is_trashed"]
-        cols, cparams = q.columns(fetch)
-        order, oparams = q.order(query.order)
+        if kind.trashable and len(fetch) < len(wanted):
+            # is_trashed is worked out from these (its own trash_at, its owner's).
+            fetch += [kind.attr(n) for n in ("uuid", "owner_uuid", "trash_at")
+                      if all(a.name != n for a in fetch)]
+        dead: dict[str, bool] = {}
 
         def run(cur: Any) -> tuple[list[tuple[Any, ...]], int | None]:
+            dead.update(trash.dead_groups(cur, now) if kind.in_projects else {})
+            q = _SQL(kind, engine, now, dead)
+            clauses, params = q.where(query.filters)
+            vis, vparams = self._visibility(kind, q, query.include_trash, readable)
+            clauses, params = clauses + vis, params + vparams
+            where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+            cols, cparams = q.columns(fetch)
+            order, oparams = q.order(query.order)
             total = None
             if query.count == "exact":
                 total = int(cur.one(f"SELECT COUNT(*) FROM {kind.table}{where}", params)[0])
@@ -624,7 +690,7 @@ class ObjectsMixin:
         rows, total = await self._run(run, write=False)
         items = []
         for row in rows:
-            record = self._record(kind, fetch, row, now)
+            record = self._record(kind, fetch, row, now, dead=dead)
             if query.select is not None:
                 record = {k: v for k, v in record.items() if k in query.select}
             items.append(record)
@@ -642,8 +708,8 @@ class ObjectsMixin:
         items, _ = await self.list_objects(COLLECTIONS, query, readable=readable)
         return items
 
-    async def permission_levels(self, user_uuid: str, *, also: Mapping[str, int] = {}
-                                ) -> dict[str, int]:
+    async def permission_levels(self, user_uuid: str, *, also: Mapping[str, int] = {},
+                                include_trash: bool = False) -> dict[str, int]:
         """Every uuid ``user_uuid`` reaches, with its level (1 read, 2 write, 3 manage).
 
         The user itself is 3, ``also`` seeds more principals (the All users
@@ -651,7 +717,13 @@ class ObjectsMixin:
         follows ownership (a group owned by X gets X's level) and permission
         links (head gets min(tail's level, link level)) to a fixpoint; the
         level of a uuid is the best over all paths.
+
+        A trashed project (its own trash_at or one above it passed) is not
+        reached, so it grants nothing through ownership, unless
+        ``include_trash`` (to untrash it or read the trash); one past its
+        delete_at is never reached.
         """
+        now = self._clock.seconds()
         levels: dict[str, int] = {user_uuid: 3}
         for k, v in also.items():
             levels[k] = max(levels.get(k, 0), int(v))
@@ -659,6 +731,7 @@ class ObjectsMixin:
         link_names = list(LEVELS)
 
         def walk(cur: Any) -> dict[str, int]:
+            blocked = set(trash.split(trash.dead_groups(cur, now), include_trash))
             frontier = set(levels)
             while frontier:
                 sources = sorted(u for u in frontier
@@ -666,6 +739,8 @@ class ObjectsMixin:
                 changed: set[str] = set()
 
                 def raise_to(target: str, level: int) -> None:
+                    if target in blocked:
+                        return
                     if level > levels.get(target, 0):
                         levels[target] = level
                         changed.add(target)
@@ -689,6 +764,42 @@ class ObjectsMixin:
             return levels
 
         return await self._run(walk, write=False)  # type: ignore[no-any-return]
+
+    # -- trash ------------------------------------------------------------------
+
+    async def purge_deleted(self) -> dict[str, int]:
+        """Delete for good every record past its delete_at and what such projects hold.
+
+        Reads already hide these rows (see :meth:`get_object`); this frees
+        the space and drops the links to them. Rows deleted per table.
+        """
+        now = self._clock.seconds()
+        postgresql = self._dialect.name == "postgresql"
+        return await self._run(  # type: ignore[no-any-return]
+            lambda cur: trash.purge(cur, now, postgresql=postgresql), write=True)
+
+    async def descendant_projects(self, uuid: str) -> list[str]:
+        """Every project below the user or group ``uuid``, at any depth (trashed ones too:
+        callers list through :meth:`list_objects`, which hides those)."""
+        return await self._run(  # type: ignore[no-any-return]
+            lambda cur: trash.descendant_projects(cur, uuid), write=False)
+
+    async def project_uuids(self, among: Iterable[str] | None = None) -> frozenset[str]:
+        """Which of ``among`` (None: all groups) are projects (group_class 'project')."""
+        engine = self._dialect.name
+        wanted = None if among is None else sorted(
+            u for u in among if f"-{ids.INFIX['groups']}-" in u)
+
+        def run(cur: Any) -> frozenset[str]:
+            sql, params = "SELECT uuid FROM groups WHERE group_class = ?", ["project"]
+            if wanted is not None:
+                if not wanted:
+                    return frozenset()
+                inside, p = _SQL(GROUPS, engine, 0.0).in_list("uuid", [], wanted)
+                sql, params = f"{sql} AND {inside}", params + p
+            return frozenset(str(r[0]) for r in cur.all(sql, params))
+
+        return await self._run(run, write=False)  # type: ignore[no-any-return]
 
 
 def _name_taken(kind: Kind, row: Mapping[str, Any]) -> str:

@@ -18,15 +18,19 @@ import attrs
 
 from arvnode import ids
 from arvnode.api import params as P
-from arvnode.api.permissions import MANAGE, READ
+from arvnode.api.permissions import MANAGE, READ, PermissionDenied
 from arvnode.api.render import render
 from arvnode.api.resources.base import Ctx, ObjectResource
 from arvnode.api.resources.trash import Trashable
 from arvnode.http.resource import HTTPError
+from arvnode.store.errors import NotFound
 from arvnode.store.kinds import KINDS
 from arvnode.store.query import Filter, QueryError, parse_list_query
 
 _CONTENT_KINDS = ("groups", "collections", "workflows")
+_CONTENT_GROUP_CLASSES = ("project", "filter")
+# container_uuid is Arvados' other choice (container requests); none exist here.
+_INCLUDABLE = frozenset({"owner_uuid", "container_uuid"})
 
 
 class Groups(Trashable, ObjectResource):
@@ -69,19 +73,46 @@ class Groups(Trashable, ObjectResource):
     # -- contents -------------------------------------------------------------
 
     async def contents(self, ctx: Ctx, uuid: str | None = None) -> dict[str, Any]:
+        """Arvados' ``groups/contents``: what a project or user owns, across kinds.
+
+        ``uuid`` (path or parameter) limits the listing to what it owns,
+        with ``recursive=true`` also what its sub-projects own, at any
+        depth; without it every readable project, collection and workflow
+        is listed, and ``exclude_home_project=true`` keeps only what is
+        shared with the caller (owned by another user, or by a project the
+        caller cannot read, or by a role), as Arvados' "Shared with me".
+        ``include=["owner_uuid"]`` adds the readable owners of the page's
+        items under ``included``. Trashed projects answer 404 and trashed
+        items are left out unless ``include_trash=true``.
+        """
         uuid = uuid or ctx.params.get("uuid") or None
-        owner: dict[str, Any] | None = None
+        include_trash = ctx.flag("include_trash")
+        exclude_home = ctx.flag("exclude_home_project")
+        include = _include_param(ctx)
+        scope: list[Filter] = []
         if uuid is not None:
             if not isinstance(uuid, str):
                 raise HTTPError(422, "uuid must be a string")
+            if exclude_home:
+                raise HTTPError(422, "exclude_home_project cannot be used with a parent uuid: "
+                                     "it lists what is shared with you outside any one project")
             self.check_uuid(uuid, "contents")
-            owner_kind = KINDS[ids.RESOURCE_BY_INFIX[uuid[6:11]]]
-            owner = await self.store.get_object(owner_kind, uuid)
-            await ctx.access.require(owner, owner_kind.name, READ)
-        queries = self._per_kind_queries(ctx, uuid)
+            if uuid[6:11] == self.kind.infix:
+                await self.fetch(ctx, uuid, READ, include_trash=include_trash)
+            else:
+                owner_kind = KINDS[ids.RESOURCE_BY_INFIX[uuid[6:11]]]
+                owner = await self.store.get_object(owner_kind, uuid)
+                await ctx.access.require(owner, owner_kind.name, READ)
+            owners = [uuid]
+            if ctx.flag("recursive"):
+                owners += await self.store.descendant_projects(uuid)
+            scope.append(Filter("owner_uuid", "in", tuple(owners)))
         readable = await self.readable(ctx)
-        limit = queries[0][1].limit if queries else 100
-        offset = queries[0][1].offset if queries else 0
+        if exclude_home:
+            scope.append(await self._not_home(ctx, readable))
+        queries = self._per_kind_queries(ctx, scope)
+        limit = queries[0][1].limit
+        offset = queries[0][1].offset
         items: list[dict[str, Any]] = []
         available = 0
         count_none = all(q.count == "none" for _, q in queries)
@@ -108,38 +139,42 @@ class Groups(Trashable, ObjectResource):
             "kind": "arvados#objectList",
             "etag": "",
             "self_link": "",
-            "offset": queries[0][1].offset if queries else 0,
+            "offset": queries[0][1].offset,
             "limit": limit,
             "items": items,
-            "included": [],
         }
         if not count_none:
             body["items_available"] = available
-        include = P.json_value(ctx.params, "include")
-        if isinstance(include, str):
-            include = [include]
-        if include and "owner_uuid" in include:
-            body["included"] = await self._included(ctx, items, owner)
+        if include:
+            body["included"] = await self._included(ctx, items) if "owner_uuid" in include else []
         return body
 
     @property
     def _resources(self) -> dict[str, ObjectResource]:
         return self.deps.resources
 
-    def _per_kind_queries(self, ctx: Ctx, owner_uuid: str | None) -> list[tuple[str, Any]]:
-        """One ListQuery per kind from the request's filters.
+    async def _not_home(self, ctx: Ctx, readable: frozenset[str] | None) -> Filter:
+        """The filter behind exclude_home_project: leave out what the caller owns and
+        what sits in a project the caller can read (Arvados' rule)."""
+        projects = await self.store.project_uuids(readable)
+        home = set(projects)
+        if ctx.user_uuid:
+            home.add(ctx.user_uuid)
+        return Filter("owner_uuid", "not in", tuple(sorted(home)))
+
+    def _per_kind_queries(self, ctx: Ctx, scope: list[Filter]) -> list[tuple[str, Any]]:
+        """One ListQuery per kind from the request's filters, plus ``scope``.
 
         A filter naming ``<table>.<attr>`` applies to that table only; a
         filter on an attribute some kinds lack excludes those kinds; one no
-        kind has is a 422.
+        kind has is a 422. Groups are projects (and filter groups) only:
+        roles are principals, not contents.
         """
         raw_filters = P.json_value(ctx.params, "filters", [])
         if raw_filters is None:
             raw_filters = []
         if not isinstance(raw_filters, list):
             raise QueryError("filters must be a JSON array of [attribute, operator, operand]")
-        if ctx.flag("recursive"):
-            raise QueryError("recursive contents listing is not supported")
         base = dict(ctx.params)
         for key in ("filters", "where", "uuid", "include", "recursive", "exclude_home_project"):
             base.pop(key, None)
@@ -175,32 +210,50 @@ class Groups(Trashable, ObjectResource):
                     raise
             if not applicable:
                 continue
-            if owner_uuid is not None:
-                query = attrs.evolve(
-                    query, filters=query.filters + (Filter("owner_uuid", "=", owner_uuid),))
-            queries.append((kind_name, query))
+            extra = list(scope)
+            if kind_name == "groups":
+                extra.append(Filter("group_class", "in", _CONTENT_GROUP_CLASSES))
+            queries.append((kind_name, attrs.evolve(query, filters=query.filters + tuple(extra))))
         if not queries:
             raise QueryError("; ".join(errors) or "no kind matches these filters")
         return queries
 
-    async def _included(self, ctx: Ctx, items: list[dict[str, Any]],
-                        owner: dict[str, Any] | None) -> list[dict[str, Any]]:
+    async def _included(self, ctx: Ctx, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The owners (users, projects) of ``items`` that the caller can read."""
         seen: dict[str, dict[str, Any]] = {}
         wanted = {i.get("owner_uuid") for i in items if i.get("owner_uuid")}
-        if owner is not None:
-            wanted.add(owner["uuid"])
-        for uuid in sorted(u for u in wanted if u):
+        for uuid in sorted(u for u in wanted if isinstance(u, str)):
             infix = uuid[6:11] if ids.UUID_RE.match(uuid) else ""
             kind_name = ids.RESOURCE_BY_INFIX.get(infix)
             if kind_name not in ("groups", "users"):
                 continue
             try:
                 record = await self.store.get_object(KINDS[kind_name], uuid)
+                if record.get("is_trashed"):
+                    continue
                 await ctx.access.require(record, kind_name, READ)
-            except Exception:  # unreadable or gone: just not included
+            except (NotFound, PermissionDenied):  # unreadable or gone: just not included
                 continue
-            seen[uuid] = render(KINDS[kind_name].kind, kind_name, record)
+            resource = self._resources.get(kind_name)
+            seen[uuid] = (resource.present(ctx, record) if resource is not None
+                          else render(KINDS[kind_name].kind, kind_name, record))
         return list(seen.values())
+
+
+def _include_param(ctx: Ctx) -> list[str]:
+    """``include`` as a list: ``owner_uuid``, ``["owner_uuid"]`` or nothing."""
+    include = P.json_value(ctx.params, "include")
+    if include is None or include == "":
+        return []
+    if isinstance(include, str):
+        include = [p.strip() for p in include.split(",") if p.strip()]
+    if not isinstance(include, list) or not all(isinstance(i, str) for i in include):
+        raise HTTPError(422, "include must be a JSON array of attribute names, e.g. [\"owner_uuid\"]")
+    unknown = sorted(set(include) - _INCLUDABLE)
+    if unknown:
+        raise HTTPError(422, f"include accepts only {', '.join(sorted(_INCLUDABLE))}, "
+                             f"not {', '.join(unknown)}")
+    return include
 
 
 def _order_for(kind_name: str, order: Any) -> list[str]:
