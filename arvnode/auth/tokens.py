@@ -16,6 +16,7 @@ nothing here logs a token.
 from __future__ import annotations
 
 import hashlib
+import hmac
 from collections import OrderedDict
 from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
@@ -25,6 +26,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from arvnode import ids
 from arvnode.auth.identity import Identity
+from arvnode.store.errors import NotFound
 from arvnode.store.records import TokenRecord, UserRecord
 
 _SCHEMES = ("Bearer", "OAuth2")
@@ -110,7 +112,12 @@ class Authenticator:
         *,
         cache_ttl: float = 2.0,
         cache_size: int = 10000,
+        remote: Any = None,
     ) -> None:
+        # ``remote``: an arvnode.auth.remote_tokens.RemoteTokens, which
+        # answers for v2 tokens issued by other clusters (and, with a
+        # LoginCluster, for non-v2 tokens unknown here). None: local only.
+        self.remote = remote
         self._store = store
         self._clock = clock
         self._ttl = cache_ttl
@@ -121,14 +128,74 @@ class Authenticator:
         self._generation = 0
         self._anonymous_user = ids.anonymous_user_uuid(store.cluster_id)
 
-    async def authenticate(self, token: str | None) -> Identity | None:
+    async def authenticate(self, token: str | None, remote: str | None = None) -> Identity | None:
         """Who presents ``token``: None if unknown, revoked or expired.
 
         Store errors propagate (the caller answers 503): an unreachable
-        database is not a reason to call a client unauthenticated.
+        database is not a reason to call a client unauthenticated; so do
+        :class:`arvnode.remote.client.RemoteUnreachable` errors from
+        validating another cluster's token (502/503, never a silent 401).
+
+        ``remote``: the ``remote=<cluster id>`` query parameter that Arvados
+        honours on ``users/current``, ``api_client_authorizations/current``
+        and ``groups`` (GET only; the caller decides): a token of ours
+        salted for that cluster is accepted too (spec 3.5).
         """
         if not token:
             return None
+        if remote is not None:
+            found = await self._salted_for(token, remote)
+            if found is not None:
+                return found
+        if self.remote is not None and self.remote.issuer_of(token) is not None:
+            return await self.remote.authenticate(token)  # type: ignore[no-any-return]
+        identity = await self._local(token)
+        if (
+            identity is None
+            and self.remote is not None
+            and self.remote.login_cluster
+            and not token.startswith("v2/")
+        ):
+            # Spec 8.1 step 2: a non-v2 token unknown here (an OIDC access
+            # token) is the LoginCluster's to judge.
+            return await self.remote.authenticate(  # type: ignore[no-any-return]
+                token, issuer=self.remote.login_cluster
+            )
+        return identity
+
+    async def _salted_for(self, token: str, remote: str) -> Identity | None:
+        """A local v2 token whose secret is HMAC-SHA1(secret, ``remote``), or None."""
+        if not ids.CLUSTER_ID_RE.match(remote) or not token.startswith("v2/"):
+            return None
+        parts = token.split("/")
+        if len(parts) != 3 or not ids.UUID_RE.match(parts[1]) or len(parts[2]) != 40:
+            return None
+        if parts[1][:5] != self._store.cluster_id:
+            return None
+        try:
+            record = await self._store.get_token(parts[1])
+            user = await self._store.get_user(record.user_uuid)
+        except NotFound:
+            return None
+        expected = ids.salted_secret(record.secret, remote)
+        if not hmac.compare_digest(expected.encode("utf-8"), parts[2].encode("utf-8", "replace")):
+            return None
+        identity = self._identity(token, record, user)
+        return None if _expired(identity, self._clock.seconds()) else identity
+
+    def _identity(self, token: str, record: TokenRecord, user: UserRecord) -> Identity:
+        return Identity(
+            user_uuid=user.uuid,
+            token=token,
+            token_uuid=record.uuid,
+            is_admin=user.is_admin,
+            is_active=user.is_active,
+            is_anonymous=user.uuid == self._anonymous_user,
+            scopes=record.scopes,
+            expires_at=record.expires_at,
+        )
+
+    async def _local(self, token: str) -> Identity | None:
         now = self._clock.seconds()
         key = _cache_key(token)
         entry = self._cache.get(key)
@@ -169,6 +236,8 @@ class Authenticator:
         Returns how many entries went.
         """
         self._generation += 1
+        if self.remote is not None:
+            self.remote.drop(token_uuid=token_uuid, user_uuid=user_uuid)
         if token_uuid is None and user_uuid is None:
             count = len(self._cache)
             self._cache.clear()

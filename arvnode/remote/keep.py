@@ -1,0 +1,400 @@
+"""Blocks of other clusters: serving ``+R<cluster>-<sig>@<exp>`` locators.
+
+Why: a collection fetched through federation carries ``+R`` hints (spec
+2.6): the remote signed the blocks for the token our controller sent it,
+salted for it. To read such a block the keepproxy rebuilds that salted
+token, turns ``+R<cluster>-`` back into ``+A`` and asks the remote's keep
+services (spec 5.3), found through the remote's ``keep_services/accessible``
+and cached. The bytes are streamed to the client with backpressure and
+md5-checked exactly like local reads (:class:`arvnode.keep.download.VerifyingRelay`):
+a remote that sends wrong data makes the connection abort, it never looks
+like a complete block.
+
+With ``X-Keep-Signature: local`` (what the SDK sends when saving a
+collection made of remote blocks) the block is read whole (at most 64 MiB),
+checked, written to a local volume, and the answer carries
+``X-Keep-Locator`` signed here for the client's token.
+
+Differences from keepstore, on purpose: a v1 token is not refused (400)
+but its v2 form is salted, which is what our controller salted when it
+fetched the manifest; ``RemoteClusters.<id>.Scheme`` is honoured.
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from attrs import frozen
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IConsumer, IPushProducer, IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone
+from twisted.web.http import PotentialDataLoss
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import UNKNOWN_LENGTH
+from zope.interface import implementer
+
+from arvnode.auth.salting import AlreadySalted, ObsoleteToken, TokenFormatError, salt_token
+from arvnode.keep.locator import Locator, from_remote
+from arvnode.keep.rendezvous import sort_services
+from arvnode.keep.volume import IBlockReader
+from arvnode.keep.wire import KeepError
+from arvnode.remote.client import RemoteClient, RemoteError, RemoteHTTPError, RemoteTimeout, RemoteUnreachable
+
+__all__ = ["KeepService", "RemoteBlockReader", "RemoteKeep"]
+
+ACCESSIBLE_PATH = "/arvados/v1/keep_services/accessible"
+_WRITE_CHUNK = 4 * 1024 * 1024
+
+
+@frozen
+class KeepService:
+    uuid: str
+    url: str  # scheme://host:port, no trailing slash
+
+
+@implementer(IBlockReader, IPushProducer)
+class RemoteBlockReader:
+    """A remote keep response body as an :class:`IBlockReader`.
+
+    Pausing it pauses the remote connection, so a slow client slows the
+    remote down instead of filling our memory.
+    """
+
+    def __init__(self, response: Any, size: int) -> None:
+        self._response = response
+        self.size = size
+        self._transport: Any = None
+        self._paused = False
+        self._consumer: IConsumer | None = None
+        self._done: Deferred[None] | None = None
+
+    def produce(self, consumer: IConsumer) -> Deferred[None]:
+        self._consumer = consumer
+        self._done = Deferred()
+        consumer.registerProducer(self, True)
+        self._response.deliverBody(_BodyProtocol(self))
+        return self._done
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.stopProducing()
+        else:
+            self._response.deliverBody(_BodyProtocol(self, discard=True))
+
+    # IPushProducer
+    def pauseProducing(self) -> None:
+        self._paused = True
+        if self._transport is not None:
+            self._transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        if self._transport is not None:
+            self._transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        if self._transport is not None:
+            self._transport.stopProducing()
+
+    # from the body protocol
+    def _connected(self, transport: Any) -> None:
+        self._transport = transport
+        if self._paused:
+            transport.pauseProducing()
+
+    def _data(self, data: bytes) -> None:
+        if self._consumer is not None:
+            self._consumer.write(data)
+
+    def _lost(self, reason: Failure) -> None:
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            consumer.unregisterProducer()
+        done, self._done = self._done, None
+        if done is None:
+            return
+        if reason.check(ResponseDone, PotentialDataLoss):
+            done.callback(None)
+        else:
+            done.errback(reason)
+
+
+class _BodyProtocol(Protocol):
+    def __init__(self, reader: RemoteBlockReader, discard: bool = False) -> None:
+        self._reader = reader
+        self._discard = discard
+
+    def connectionMade(self) -> None:
+        if self._discard:
+            self.transport.stopProducing()
+            return
+        self._reader._connected(self.transport)
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self._discard:
+            self._reader._data(data)
+
+    def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:  # noqa: B008
+        if not self._discard:
+            self._reader._lost(reason)
+
+
+class RemoteKeep:
+    """Finds remote keep services and reads ``+R`` blocks from them."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        client: RemoteClient,
+        clock: IReactorTime,
+        *,
+        services_ttl: float = 300.0,
+        timeout: float | None = None,
+    ) -> None:
+        self._client = client
+        self._clock = clock
+        self._ttl = services_ttl
+        self._timeout = timeout
+        self._services: dict[str, tuple[float, list[KeepService]]] = {}
+        self.discoveries = 0
+
+    # -- discovery ---------------------------------------------------------------
+
+    async def services(self, cluster: str, token: str) -> list[KeepService]:
+        """The keep services of ``cluster`` (cached for ``services_ttl``)."""
+        now = self._clock.seconds()
+        cached = self._services.get(cluster)
+        if cached is not None and now - cached[0] < self._ttl:
+            return cached[1]
+        self.discoveries += 1
+        # Ask as an external client first (a remote's proxy is what we can
+        # reach); a cluster that lists none then gets asked for all.
+        found = await self._list(cluster, token, external=True)
+        if not found:
+            found = await self._list(cluster, token, external=False)
+        if not found:
+            raise RemoteUnreachable(cluster, "it lists no keep services")
+        self._services[cluster] = (now, found)
+        return found
+
+    def forget_services(self, cluster: str | None = None) -> None:
+        if cluster is None:
+            self._services.clear()
+        else:
+            self._services.pop(cluster, None)
+
+    async def _list(self, cluster: str, token: str, *, external: bool) -> list[KeepService]:
+        headers = {"X-External-Client": "1"} if external else {}
+        doc = await self._client.get_json(
+            cluster, ACCESSIBLE_PATH, token=token, headers=headers, timeout=self._timeout
+        )
+        items = doc.get("items") if isinstance(doc, dict) else None
+        result = []
+        for item in items or ():
+            if not isinstance(item, dict):
+                continue
+            host, port = item.get("service_host"), item.get("service_port")
+            if not isinstance(host, str) or not host or not isinstance(port, int):
+                continue
+            scheme = "https" if item.get("service_ssl_flag") else "http"
+            if ":" in host and not host.startswith("["):
+                host = f"[{host}]"
+            uuid = item.get("uuid") if isinstance(item.get("uuid"), str) else f"{host}:{port}"
+            result.append(KeepService(uuid=uuid, url=f"{scheme}://{host}:{port}"))
+        return result
+
+    # -- reading -------------------------------------------------------------------
+
+    def salted_token(self, cluster: str, token: str, v2_form: str | None = None) -> str:
+        """The client's token as ``cluster`` signed for it (spec 3.3/3.4)."""
+        candidate = token
+        if not token.startswith("v2/") and v2_form:
+            candidate = v2_form
+        try:
+            return salt_token(candidate, cluster)
+        except AlreadySalted:
+            return candidate
+        except ObsoleteToken as e:
+            raise KeepError(400, "a v1 token cannot read remote (+R) blocks") from e
+        except TokenFormatError as e:
+            raise KeepError(400, "this token cannot read remote (+R) blocks") from e
+
+    async def open(
+        self, locator: Locator, token: str, *, head: bool, v2_form: str | None = None
+    ) -> tuple[Any, int]:
+        """GET (or HEAD) ``locator``'s block at its cluster: ``(response, size)``.
+
+        Raises :class:`KeepError`: 400 unknown cluster or unusable token,
+        404 no service has it, 403 the remote refused the signature,
+        502 unreachable, 504 timeout.
+        """
+        remote = locator.remote
+        assert remote is not None
+        cluster = remote[0]
+        if not self._client.known(cluster):
+            raise KeepError(400, f"remote cluster {cluster} not configured")
+        salted = self.salted_token(cluster, token, v2_form)
+        _, remote_text = from_remote(locator)
+        try:
+            services = await self.services(cluster, salted)
+        except RemoteHTTPError as e:
+            raise KeepError(502, f"remote cluster {cluster}: listing keep services failed: {e.message}") from e
+        except RemoteTimeout as e:
+            raise KeepError(504, e.message) from e
+        except RemoteError as e:
+            raise KeepError(502, e.message) from e
+        headers = Headers({b"Authorization": [b"Bearer " + salted.encode("utf-8")]})
+        problems: list[tuple[int, str]] = []
+        for service in sort_services(locator.hash, services, key=lambda s: s.uuid):
+            try:
+                response = await self._client.request(
+                    cluster, "HEAD" if head else "GET", f"{service.url}/{remote_text}",
+                    headers=headers, timeout=self._timeout,
+                )
+            except RemoteTimeout as e:
+                problems.append((504, e.message))
+                continue
+            except RemoteUnreachable as e:
+                problems.append((502, e.message))
+                continue
+            if response.code == 200:
+                size = locator.size
+                if response.length is not UNKNOWN_LENGTH and not head:
+                    size = response.length if size is None else size
+                if size is None:
+                    length = response.headers.getRawHeaders(b"content-length")
+                    size = int(length[0]) if length and length[0].isdigit() else None
+                if size is None:
+                    _discard(response)
+                    problems.append((502, f"remote cluster {cluster} sent a block of unknown size"))
+                    continue
+                return response, size
+            body = b"" if head else await self._quiet_body(cluster, response)
+            if head:
+                _discard(response)
+            err = RemoteHTTPError(response.code, body, cluster=cluster)
+            if response.code == 404:
+                problems.append((404, "Block not found"))
+            elif response.code in (401, 403):
+                problems.append((403, f"remote cluster {cluster} refused the block signature ({response.code})"))
+            elif response.code >= 500:
+                problems.append((502, err.message))
+            else:
+                problems.append((422, err.message))
+        if problems and all(code == 404 for code, _ in problems):
+            raise KeepError(404, "Block not found")
+        for wanted in (403, 422, 502, 504):
+            for code, message in problems:
+                if code == wanted:
+                    raise KeepError(code, message)
+        raise KeepError(502, f"remote cluster {cluster}: no keep service answered")
+
+    async def _quiet_body(self, cluster: str, response: Any) -> bytes:
+        try:
+            return await self._client.read_body(cluster, response, timeout=self._timeout)
+        except Exception:
+            return b""
+
+    # -- the keepproxy's side --------------------------------------------------------
+
+    async def serve(self, proxy: Any, request: Any, locator: Locator, token: str, identity: Any) -> None:
+        """Answer a keepproxy GET/HEAD of a ``+R`` locator (called by :class:`KeepProxy`)."""
+        head = request.method == b"HEAD"
+        v2_form = None
+        if identity is not None and not token.startswith("v2/") and getattr(identity, "token_uuid", ""):
+            v2_form = f"v2/{identity.token_uuid}/{token}"
+        wants_local = _wants_local_copy(request)
+        response, size = await self.open(locator, token, head=head and not wants_local, v2_form=v2_form)
+        if request.gone:
+            _discard(response)
+            return
+        name = f"{locator.hash}+{size}"
+        if wants_local:
+            data = await self._read_whole(locator, response, size)
+            await self._store_local(proxy, locator.hash, data)
+            proxy._sign_header(request, locator, token, size)
+            request.setResponseCode(200)
+            request.setHeader(b"Content-Length", str(size).encode())
+            if not head:
+                request.write(data)
+            request.finish()
+            proxy.audit_transfer(request, "head" if head else "get", name, nbytes=0 if head else size,
+                                 outcome="ok-remote-copied")
+            return
+        request.setResponseCode(200)
+        request.setHeader(b"Content-Length", str(size).encode())
+        if head:
+            request.finish()
+            proxy.audit_transfer(request, "head", name, nbytes=0, outcome="ok-remote")
+            return
+        from arvnode.keep.download import VerifyingRelay
+
+        relay = VerifyingRelay(
+            request, expected_hash=locator.hash, size=size, reactor=proxy.reactor,
+            clock=proxy._clock, hash_pool=proxy.hash_pool, batch_size=proxy.batch_size,
+            stall_timeout=proxy._idle_timeout, stats=proxy.relay_stats,
+        )
+        outcome = await relay.run(RemoteBlockReader(response, size))
+        proxy.metrics.bytes.labels(direction="out").inc(relay.bytes_sent)
+        if outcome == "corrupt":
+            self.log.error(
+                "remote cluster {cluster} sent corrupt data for {hash} (read {read} bytes,"
+                " md5 {digest}); connection aborted",
+                cluster=locator.remote[0] if locator.remote else "?", hash=locator.hash,
+                read=relay.bytes_read, digest=relay.digest,
+            )
+        proxy.audit_transfer(request, "get", name, nbytes=relay.bytes_sent, outcome=f"{outcome}-remote")
+
+    async def _read_whole(self, locator: Locator, response: Any, size: int) -> bytes:
+        cluster = locator.remote[0] if locator.remote else "?"
+        try:
+            data = await self._client.read_body(cluster, response, timeout=self._timeout)
+        except RemoteTimeout as e:
+            raise KeepError(504, e.message) from e
+        except RemoteError as e:
+            raise KeepError(502, e.message) from e
+        if len(data) != size or hashlib.md5(data).hexdigest() != locator.hash:
+            raise KeepError(502, f"remote cluster {cluster} sent data that does not match {locator.hash}")
+        return data
+
+    async def _store_local(self, proxy: Any, hash: str, data: bytes) -> None:
+        writable = [v for v in proxy.volumes if not v.read_only]
+        errors = []
+        for volume in sort_services(hash, writable, key=lambda v: v.uuid):
+            writer = None
+            try:
+                writer = await volume.open_write(hash, len(data))
+                for start in range(0, len(data), _WRITE_CHUNK):
+                    await writer.write(data[start:start + _WRITE_CHUNK])
+                await writer.commit()
+                return
+            except Exception as e:
+                errors.append(f"{volume.uuid}: {e}")
+                if writer is not None:
+                    try:
+                        await writer.abort()
+                    except Exception:
+                        pass
+        raise KeepError(503, "could not store a local copy: " + ("; ".join(errors) or "no writable volume"))
+
+
+def _wants_local_copy(request: Any) -> bool:
+    wanted = request.getHeader(b"x-keep-signature")
+    if wanted is None:
+        return False
+    return wanted.decode("latin-1").split(",", 1)[0].strip() == "local"
+
+
+def _discard(response: Any) -> None:
+    class _Drop(Protocol):
+        def connectionMade(self) -> None:
+            self.transport.stopProducing()
+
+    try:
+        response.deliverBody(_Drop())
+    except Exception:
+        pass
