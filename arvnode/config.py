@@ -40,6 +40,7 @@ __all__ = [
     "KeepproxyPermission",
     "KeepproxySettings",
     "LoginConfig",
+    "TestUser",
     "PostgreSQLConfig",
     "RemoteCluster",
     "ServiceConfig",
@@ -340,11 +341,23 @@ class TLSConfig:
 
 
 @frozen
+class TestUser:
+    """``Login.Test.Users.<username>``: a password login for tests and demos."""
+
+    email: str = ""
+    password: str = field(default="", repr=False)
+
+
+@frozen
 class LoginConfig:
     remote_token_refresh: float = 300.0
     login_cluster: str = ""
     trusted_clients: tuple[str, ...] = ()
     token_lifetime: float = 0.0
+    trust_private_networks: bool = False
+    # Login.Test: Arvados' built-in username/password login (username → user).
+    test_enable: bool = False
+    test_users: Mapping[str, TestUser] = field(factory=dict, converter=_freeze)
 
 
 @frozen
@@ -392,6 +405,9 @@ class VolumeConfig:
     replication: int = 1
     read_only: bool = False
     storage_classes: tuple[str, ...] = ("default",)
+    # AccessViaHosts: the keepstore InternalURLs that mount this volume
+    # (empty: every node with volumes). Arvados' key; see docs/scale-out.md.
+    access_via_hosts: tuple[URL, ...] = ()
 
 
 @frozen
@@ -943,8 +959,24 @@ def _login(r: _Reader, cluster: _Section) -> LoginConfig:
     for text, _opts, path in r.entries(
         sec, "TrustedClients", 'a mapping of URL to {}, e.g. {"https://workbench.example": {}}'
     ):
-        if r.url(path, text) is not None:
+        # "scheme://*.domain" (any subdomain) is allowed, as in Arvados.
+        checked = text.replace("://*.", "://wildcard.", 1) if isinstance(text, str) else text
+        if r.url(path, checked) is not None:
             trusted.append(text)
+    test = r.section(sec, "Test")
+    users: dict[str, TestUser] = {}
+    for name, value, path in r.entries(
+        test, "Users", "a mapping of username to {Email, Password}", granular=True
+    ):
+        if not isinstance(value, Mapping):
+            r.bad(path, _show(value), "a mapping with Email and Password")
+            continue
+        entry = _Section(value, path)
+        email = r.text(entry, "Email")
+        password = r.typed(entry, "Password", "", _to_str, "a string")
+        if not password:
+            r.bad(path + ("Password",), "nothing", "a password (a login without one is refused)")
+        users[name] = TestUser(email=email, password=password)
     return LoginConfig(
         remote_token_refresh=r.duration(sec, "RemoteTokenRefresh", 300.0, positive=True),
         login_cluster=r.typed(
@@ -952,6 +984,9 @@ def _login(r: _Reader, cluster: _Section) -> LoginConfig:
         ),
         trusted_clients=tuple(trusted),
         token_lifetime=r.duration(sec, "TokenLifetime", 0.0),
+        trust_private_networks=r.boolean(sec, "TrustPrivateNetworks", False),
+        test_enable=r.boolean(test, "Enable", False),
+        test_users=users,
     )
 
 
@@ -1081,13 +1116,33 @@ def _volumes(r: _Reader, cluster: _Section) -> dict[str, VolumeConfig]:
             if not isinstance(bucket, str) or not bucket:
                 got = _show(bucket) if "Bucket" in params.data else "nothing"
                 r.bad(params.path + ("Bucket",), got, "the name of the S3 bucket")
+            from arvnode.keep.volumes.s3_params import MISSING, s3_parameter_problems
+
+            for key, got, expected in s3_parameter_problems(params.data):
+                if key == "Bucket" and (not isinstance(bucket, str) or not bucket):
+                    continue  # reported just above
+                if got in MISSING:  # credentials: the node refuses to start without them
+                    r.warn(params.path + (key,), f"missing: {expected}; the volume cannot start")
+                else:
+                    r.bad(params.path + (key,), got, expected)
         classes: list[str] = []
         for name, enabled, cpath in r.entries(sec, "StorageClasses", "a mapping of class name to true"):
             if not isinstance(enabled, bool):
                 r.bad(cpath, _show(enabled), "true or false")
             elif enabled:
                 classes.append(name)
+        via: list[URL] = []
+        for text, opts, vpath in r.entries(
+            sec, "AccessViaHosts", "a mapping of keepstore InternalURL to {} or {ReadOnly: bool}"
+        ):
+            url = r.url(vpath, text)
+            if url is not None:
+                via.append(url)
+            if isinstance(opts, Mapping) and opts.get("ReadOnly") is True:
+                r.warn(vpath + ("ReadOnly",),
+                       "per-host ReadOnly is not applied by arvnode; set the volume's ReadOnly")
         result[uuid] = VolumeConfig(
+            access_via_hosts=tuple(via),
             driver=driver,
             driver_parameters=params.data,
             replication=r.integer(sec, "Replication", 1, minimum=1),
@@ -1304,6 +1359,12 @@ def mask_secrets(config: Config) -> dict[str, Any]:
             "RemoteTokenRefresh": format_duration(c.login.remote_token_refresh),
             "TokenLifetime": format_duration(c.login.token_lifetime),
             "TrustedClients": {url: {} for url in c.login.trusted_clients},
+            "TrustPrivateNetworks": c.login.trust_private_networks,
+            "Test": {
+                "Enable": c.login.test_enable,
+                "Users": {name: {"Email": u.email, "Password": _mask(u.password)}
+                          for name, u in c.login.test_users.items()},
+            },
         },
         "RemoteClusters": {
             cid: {
@@ -1342,6 +1403,7 @@ def mask_secrets(config: Config) -> dict[str, Any]:
                 "Replication": v.replication,
                 "ReadOnly": v.read_only,
                 "StorageClasses": {name: True for name in v.storage_classes},
+                "AccessViaHosts": {str(u): {} for u in v.access_via_hosts},
             }
             for uuid, v in c.volumes.items()
         },

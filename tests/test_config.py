@@ -292,7 +292,7 @@ class LoadTests(ConfigTestMixin, SynchronousTestCase):
         p = c.collections.keepproxy_permission
         self.assertEqual(attrs.astuple(p), (True, False, True, False))
         self.assertEqual(attrs.astuple(c.tls), ("/etc/arvados/cert.pem", "/etc/arvados/key.pem", True))
-        self.assertEqual(attrs.astuple(c.login), (90.0, "aaaaa", ("https://wb.example",), 43200.0))
+        self.assertEqual(attrs.astuple(c.login)[:4], (90.0, "aaaaa", ("https://wb.example",), 43200.0))
         self.assertEqual(c.login.trusted_clients, ("https://wb.example",))
         a, b, star = c.remote_clusters["aaaaa"], c.remote_clusters["bbbbb"], c.remote_clusters["*"]
         self.assertEqual(attrs.astuple(a), ("a.example:8443", True, "https", False, True))
@@ -787,9 +787,8 @@ class FullConfigTests(SynchronousTestCase):
         unknown = load_config(FULL.path).unknown_keys
         for key in ("Clusters.x9a2b.Containers", "Clusters.x9a2b.Workbench", "Clusters.x9a2b.Mail",
                     "Clusters.x9a2b.Services.RailsAPI", "Clusters.x9a2b.Services.WebDAV",
-                    "Clusters.x9a2b.Login.Google", "Clusters.x9a2b.Login.TrustPrivateNetworks",
+                    "Clusters.x9a2b.Login.Google",
                     "Clusters.x9a2b.Collections.TrashSweepInterval", "Clusters.x9a2b.API.MaxTokenLifetime",
-                    "Clusters.x9a2b.Volumes.x9a2b-nyw5e-000000000000000.AccessViaHosts",
                     "Clusters.x9a2b.InstanceTypes", "Clusters.x9a2b.TLS.ACME"):
             self.assertIn(key, unknown)
         for key in unknown:

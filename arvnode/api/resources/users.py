@@ -5,15 +5,29 @@ own methods (``create_user``/``update_user``); reading goes through the
 generic object code so list filters work. Any change to a user evicts the
 user's cached tokens and permission levels at once, so deactivating a user
 locks them out of this node's API and keepproxy on the next request.
+
+On a satellite of a LoginCluster X, X is the authority on users: get,
+list, create, update, activate and unsetup are sent to X (the caller's
+token salted for X; a token issued here is refused with 401 rather than
+sent) and every X user in the answer is mirrored into the local table, so
+a status change seen through the API takes effect here at once.
+``users/current`` stays local (the token check keeps that copy fresh);
+``bypass_federation=true`` reads the local copies.
 """
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from arvnode import ids
 from arvnode.api.permissions import PermissionDenied
 from arvnode.api.resources.base import Ctx, ObjectResource
 from arvnode.http.resource import HTTPError
+from twisted.web.http_headers import Headers
+
+from arvnode.remote.client import RemoteError, RemoteHTTPError, RemoteTimeout, RemoteUnreachable
+from arvnode.remote.forward import outgoing_token
+from arvnode.store.errors import NotFound
 from arvnode.store.kinds import KINDS
 from arvnode.store.query import parse_list_query
 
@@ -32,6 +46,100 @@ class Users(ObjectResource):
     operations = frozenset({"list", "get", "create", "update"})
     collection_actions = {"current": ("GET",)}
     member_actions = {"activate": ("POST",), "unsetup": ("POST",)}
+    # The node's RemoteClient, set by the controller; with a LoginCluster,
+    # user records live there: get, list, create, update, activate and
+    # unsetup are answered by it and mirrored here (spec 8.4).
+    remote_client: Any = None
+
+    def _login_cluster(self, ctx: Ctx) -> str:
+        """The LoginCluster to ask, or "" to answer locally."""
+        x = self.deps.config.login.login_cluster
+        if not x or x == self.deps.cluster_id or self.remote_client is None:
+            return ""
+        if not self.remote_client.known(x) or ctx.flag("bypass_federation"):
+            return ""
+        return str(x)
+
+    async def list(self, ctx: Ctx) -> dict[str, Any]:
+        x = self._login_cluster(ctx)
+        if x:
+            return await self._from_login_cluster(ctx, x, "/arvados/v1/users")
+        return await super().list(ctx)
+
+    async def get(self, ctx: Ctx, uuid: str) -> dict[str, Any]:
+        x = self._login_cluster(ctx)
+        if x:
+            return await self._from_login_cluster(ctx, x, f"/arvados/v1/users/{uuid}")
+        return await super().get(ctx, uuid)
+
+    async def _from_login_cluster(self, ctx: Ctx, x: str, path: str, method: str = "GET",
+                                  body: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Ask the LoginCluster (the authority on users) and mirror what it says.
+
+        The caller's token goes salted for X; a token of ours (not the
+        anonymous one) is refused with 401 rather than sent (spec 3.4).
+        """
+        c = self.deps.cluster_id
+        token = ctx.token
+        v2_form = None
+        if ctx.identity is not None and not token.startswith("v2/") and \
+                ctx.identity.token_uuid[:5] == c:
+            v2_form = f"v2/{ctx.identity.token_uuid}/{token}"
+        send = outgoing_token(token, x, local_cluster=c, login_cluster=x,
+                              anonymous_token_uuid=ids.anonymous_token_uuid(c), v2_form=v2_form)
+        try:
+            if method == "GET":
+                query = {k: (v if isinstance(v, str) else json.dumps(v))
+                         for k, v in ctx.params.items() if k != "bypass_federation"}
+                answer = await self.remote_client.get_json(
+                    x, path, token=send, query=query, headers={"Via": "HTTP/1.1 arvados-controller"})
+            else:
+                answer = await self._send(x, method, path, send, body)
+        except RemoteHTTPError as e:
+            if e.status >= 500:
+                raise HTTPError(502, e.message) from e
+            raise HTTPError(e.status, "; ".join(e.errors) or e.message) from e
+        except RemoteTimeout as e:
+            raise HTTPError(504, e.message) from e
+        except RemoteError as e:
+            raise HTTPError(502, e.message) from e
+        if not isinstance(answer, dict):
+            raise HTTPError(502, f"login cluster {x} answered {path} with something not an object")
+        items = answer.get("items") if "items" in answer else [answer]
+        remote_tokens = getattr(self.deps.authenticator, "remote", None)
+        for item in items if isinstance(items, list) else ():
+            uuid = item.get("uuid") if isinstance(item, dict) else None
+            if remote_tokens is None or not isinstance(uuid, str) or \
+                    not ids.UUID_RE.match(uuid) or uuid[:5] != x:
+                continue
+            before = await self._local_copy(uuid)
+            after = await remote_tokens.upsert_user(item)
+            if before is None or (before.is_active, before.is_admin) != (after.is_active, after.is_admin):
+                self.deps.authenticator.forget(user_uuid=uuid)
+                self.deps.levels.invalidate()
+        return answer
+
+    async def _send(self, x: str, method: str, path: str, token: str,
+                    body: dict[str, Any] | None) -> Any:
+        headers = Headers({b"Authorization": [b"Bearer " + token.encode("utf-8")],
+                           b"Accept": [b"application/json"],
+                           b"Content-Type": [b"application/json"],
+                           b"Via": [b"HTTP/1.1 arvados-controller"]})
+        data = json.dumps(body if body is not None else {}).encode()
+        response = await self.remote_client.request(x, method, path, headers=headers, body=data)
+        raw = await self.remote_client.read_body(x, response)
+        if not 200 <= response.code < 300:
+            raise RemoteHTTPError(response.code, raw, cluster=x, headers=response.headers)
+        try:
+            return json.loads(raw)
+        except ValueError as e:
+            raise RemoteUnreachable(x, f"answer to {method} {path} is not JSON") from e
+
+    async def _local_copy(self, uuid: str) -> Any:
+        try:
+            return await self.store.get_user(uuid)
+        except NotFound:
+            return None
 
     def output(self, ctx: Ctx, record: dict[str, Any]) -> dict[str, Any]:
         out = dict(record)
@@ -69,6 +177,10 @@ class Users(ObjectResource):
         return values
 
     async def create(self, ctx: Ctx) -> dict[str, Any]:
+        x = self._login_cluster(ctx)
+        if x:
+            return await self._from_login_cluster(
+                ctx, x, "/arvados/v1/users", "POST", {"user": ctx.attributes(self.singular)})
         self.require_admin(ctx, "create users")
         values = self._values(ctx.attributes(self.singular), _ADMIN_FIELDS)
         if "uuid" in ctx.attributes(self.singular):
@@ -78,6 +190,10 @@ class Users(ObjectResource):
         return self.present(ctx, record)
 
     async def update(self, ctx: Ctx, uuid: str) -> dict[str, Any]:
+        x = self._login_cluster(ctx)
+        if x:
+            return await self._from_login_cluster(
+                ctx, x, f"/arvados/v1/users/{uuid}", "PUT", {"user": ctx.attributes(self.singular)})
         await self.fetch(ctx, uuid)
         if ctx.access.is_admin:
             allowed = _ADMIN_FIELDS
@@ -103,12 +219,18 @@ class Users(ObjectResource):
         return self.present(ctx, record)
 
     async def activate(self, ctx: Ctx, uuid: str) -> dict[str, Any]:
+        x = self._login_cluster(ctx)
+        if x:
+            return await self._from_login_cluster(ctx, x, f"/arvados/v1/users/{uuid}/activate", "POST")
         self.require_admin(ctx, "activate users")
         await self.fetch(ctx, uuid)
         return await self._apply(ctx, uuid, {"is_active": True})
 
     async def unsetup(self, ctx: Ctx, uuid: str) -> dict[str, Any]:
         """Deactivate and drop every permission link to or from the user (Arvados)."""
+        x = self._login_cluster(ctx)
+        if x:
+            return await self._from_login_cluster(ctx, x, f"/arvados/v1/users/{uuid}/unsetup", "POST")
         self.require_admin(ctx, "unsetup users")
         await self.fetch(ctx, uuid)
         links = KINDS["links"]
