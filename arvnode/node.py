@@ -24,17 +24,28 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from arvnode import embedded
-from arvnode.api.service import build_controller_site
+from arvnode.api.service import advertised_url, build_controller_site
+from arvnode.auth.refresh import RemoteTokenRefresh
+from arvnode.auth.remote_tokens import RemoteTokens
 from arvnode.auth.tokens import Authenticator
 from arvnode.config import Config
 from arvnode.keep.service import build_keepproxy_site
+from arvnode.keep.keepstore import build_keepstore_site, keepstore_role, mounted_here
+from arvnode.keep.volumes.upstream import build_upstreams
 from arvnode.keep.volumes import build_volume
+from arvnode.remote.client import RemoteClient
+from arvnode.remote.forward import Forwarder
+from arvnode.remote.keep import RemoteKeep
 from arvnode.services import HTTPListener, OrderedMultiService
 from arvnode.store import open_store
-from arvnode.tls import ReloadableServerTLS
+from arvnode.store.sweeper import TrashSweeper
+from arvnode.tls import ReloadableServerTLS, client_policy
 from arvnode.web.metrics import NodeMetrics
 
 DEFAULT_STATE_DIR = "/var/lib/arvnode"
+# Asking an issuer about a token happens on a client's request: wait at most
+# this long (or API.RequestTimeout if shorter) before answering 502/504.
+REMOTE_TOKEN_CHECK_TIMEOUT = 30.0
 
 
 class ThreadPools(Service):
@@ -87,6 +98,17 @@ class VolumesService(Service):
     def stopService(self) -> Deferred[Any]:
         super().stopService()
         return DeferredList([maybeDeferred(v.stop) for v in self.volumes])
+
+
+class RemoteClientService(Service):
+    """Closes the pooled connections to remote clusters at shutdown."""
+
+    def __init__(self, client: RemoteClient) -> None:
+        self.client = client
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return Deferred.fromCoroutine(self.client.close())
 
 
 class Node(OrderedMultiService):
@@ -192,8 +214,14 @@ def build_node(
     embedded_mode: bool = False,
     on_fatal: Callable[[Failure], None] = lambda f: None,
     announce: Callable[[str], None] = lambda text: None,
+    keepstore_url: str | None = None,
 ) -> Node:
-    """Build (without starting) the service tree of one node."""
+    """Build (without starting) the service tree of one node.
+
+    ``keepstore_url`` names the ``Services.Keepstore.InternalURLs`` entry this
+    node serves (Arvados' ``ARVADOS_SERVICE_INTERNAL_URL``; ``""`` = none);
+    by default the role follows :func:`arvnode.keep.keepstore.keepstore_role`.
+    """
     rng = rng or random.SystemRandom()
     state_dir = Path(config.arvnode.data_directory or DEFAULT_STATE_DIR)
     node = Node(config, state_dir=state_dir, embedded_mode=embedded_mode,
@@ -218,16 +246,64 @@ def build_node(
     store_service.setName("store")
     store_service.setServiceParent(node)
     node.store = store
+    # Deletes what is past its delete_at ("trash-sweeper"); added after the
+    # store so it stops (waiting for a round in flight) before the store does.
+    TrashSweeper(store, clock=reactor).setServiceParent(node)
 
+    # Keepstore role and upstream keepstores (docs/scale-out.md). A volume
+    # with AccessViaHosts is mounted only by the keepstore(s) it names.
+    own_keepstore, upstream_urls = keepstore_role(
+        config.services.keepstore, has_local_volumes=bool(config.volumes), own_url=keepstore_url)
     volumes = [
         build_volume(uuid, vc, reactor=reactor, threadpool=pools.io, rng=rng)
         for uuid, vc in sorted(config.volumes.items())
+        if mounted_here(vc.access_via_hosts, own_keepstore)
     ]
-    volumes_service = VolumesService(volumes)
+    upstreams = build_upstreams(
+        config.cluster_id, config.services.keepstore, upstream_urls,
+        reactor=reactor, clock=reactor, token=config.system_root_token,
+        signing_key=config.collections.blob_signing_key,
+        signing_ttl=config.collections.blob_signing_ttl,
+        storage_classes=config.default_storage_classes,
+        tls_policy=client_policy(insecure=config.tls.insecure),
+    )
+    volumes_service = VolumesService(volumes + upstreams)
     volumes_service.setName("volumes")
     volumes_service.setServiceParent(node)
 
-    authenticator = Authenticator(store, reactor, cache_ttl=config.arvnode.token_cache_ttl)
+    # Federation: one client for every remote cluster, remote-token
+    # validation behind the authenticator, and the refresh timer.
+    remote_client = RemoteClient(
+        reactor=reactor, clock=reactor, local_cluster=config.cluster_id,
+        remotes=config.remote_clusters, timeout=config.api.request_timeout,
+    )
+    remote_tokens = RemoteTokens(
+        store=store, client=remote_client, clock=reactor, rng=rng,
+        cluster_id=config.cluster_id, remotes=config.remote_clusters, users=config.users,
+        login_cluster=config.login.login_cluster,
+        refresh_interval=config.login.remote_token_refresh,
+        timeout=min(config.api.request_timeout, REMOTE_TOKEN_CHECK_TIMEOUT),
+    )
+    remote_service = RemoteClientService(remote_client)
+    remote_service.setName("remote-clients")
+    remote_service.setServiceParent(node)
+    refresh = RemoteTokenRefresh(
+        remote_tokens, clock=reactor, rng=rng, interval=config.login.remote_token_refresh,
+    )
+    refresh.setServiceParent(node)
+    node.remote_client = remote_client
+    node.remote_tokens = remote_tokens
+    node.forwarder = Forwarder(
+        remote_client, local_cluster=config.cluster_id, login_cluster=config.login.login_cluster,
+        # A little under API.RequestTimeout, so a slow remote is a 504 naming
+        # it rather than our own request timeout (arvnode/api/federation.py).
+        timeout=config.api.request_timeout * 0.9,
+    )
+    node.remote_keep = RemoteKeep(remote_client, reactor)
+
+    authenticator = Authenticator(
+        store, reactor, cache_ttl=config.arvnode.token_cache_ttl, remote=remote_tokens,
+    )
     node.authenticator = authenticator
 
     tls: ReloadableServerTLS | None = None
@@ -252,6 +328,11 @@ def build_node(
         max_concurrent=config.api.max_concurrent_requests,
         max_queued=config.api.max_queued_requests,
         request_timeout=config.api.request_timeout,
+        store=store, authenticator=authenticator, config=config,
+        remote_client=remote_client, forwarder=node.forwarder,
+        # Callables: with port 0 the advertised port is the one bound at start.
+        keepproxy_url=lambda: advertised_url(config.services.keepproxy, keepproxy),
+        controller_url=lambda: advertised_url(config.services.controller, controller),
     )
     url = _listen_url(config.services.controller, "Controller")
     controller = HTTPListener(reactor, host=url.host, port=url.port, site=controller_site,
@@ -266,7 +347,7 @@ def build_node(
     keep_site = build_keepproxy_site(
         reactor=reactor, clock=reactor, rng=rng,
         authenticate=authenticator.authenticate,
-        volumes=volumes,
+        volumes=volumes + upstreams,
         signing_key=config.collections.blob_signing_key,
         signing_ttl=config.collections.blob_signing_ttl,
         blob_signing=config.collections.blob_signing,
@@ -281,10 +362,30 @@ def build_node(
         idle_timeout=kp.idle_timeout,
     )
     url = _listen_url(config.services.keepproxy, "Keepproxy")
+    keep_site.proxy.remote_keep = node.remote_keep
     keepproxy = HTTPListener(reactor, host=url.host, port=url.port, site=keep_site,
                              tls=tls_for(url), grace_period=grace)
     keepproxy.setName("keepproxy")
     keepproxy.setServiceParent(node)
+
+    if own_keepstore is not None:
+        keepstore_site = build_keepstore_site(
+            reactor=reactor, clock=reactor, rng=rng, volumes=volumes,
+            signing_key=config.collections.blob_signing_key,
+            signing_ttl=config.collections.blob_signing_ttl,
+            blob_signing=config.collections.blob_signing,
+            default_classes=config.default_storage_classes,
+            system_root_token=config.system_root_token,
+            management_token=config.management_token,
+            metrics=metrics, hash_pool=pools.hashing,
+            upload_window=kp.upload_window, max_inflight_bytes=kp.max_inflight_bytes,
+            idle_timeout=kp.idle_timeout,
+        )
+        url = config.services.keepstore.listen_url(own_keepstore)
+        keepstore = HTTPListener(reactor, host=url.host, port=url.port, site=keepstore_site,
+                                 tls=tls_for(url), grace_period=grace)
+        keepstore.setName("keepstore")
+        keepstore.setServiceParent(node)
     return node
 
 

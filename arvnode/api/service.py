@@ -19,7 +19,10 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.server import NOT_DONE_YET, Request
 
+from arvnode import ids
 from arvnode.api import params as P
+from arvnode.api.cache_admin import CACHE_DROP_PATH, drop_cache
+from arvnode.api.login import LoginHandler
 from arvnode.api.permissions import Access, LevelsCache, PermissionDenied
 from arvnode.api.resources import RESOURCE_CLASSES
 from arvnode.api.resources.base import Ctx, Deps
@@ -28,6 +31,7 @@ from arvnode.auth.tokens import token_from_request
 from arvnode.http.resource import AsyncResource, HTTPError, Limits
 from arvnode.http.site import NodeRequest, NodeSite
 from arvnode.keep.manifest import ManifestError
+from arvnode.remote.client import RemoteTimeout, RemoteUnreachable
 from arvnode.store.errors import Conflict, NotFound, StoreUnavailable
 from arvnode.store.query import QueryError
 from arvnode.web.metrics import NodeMetrics
@@ -106,11 +110,15 @@ def scope_allows(scopes: tuple[str, ...], method: str, path: str) -> bool:
 
 class ControllerResource(AsyncResource):
     log = Logger()
+    # /login, /logout, users/authenticate (set by build_controller_site).
+    login: LoginHandler | None = None
 
     def __init__(self, *, clock: IReactorTime, rng: random.Random, limits: Limits,
-                 deps: Deps | None) -> None:
+                 deps: Deps | None, federation: Any = None) -> None:
         super().__init__(clock=clock, rng=rng, limits=limits)
         self.deps = deps
+        # arvnode.api.federation.Federation, or None: no remote is ever asked.
+        self.federation = federation
         self.router: Router | None = None
         if deps is not None:
             resources = {cls.resource: cls(deps) for cls in RESOURCE_CLASSES}
@@ -119,13 +127,31 @@ class ControllerResource(AsyncResource):
         self._discovery: bytes | None = None
 
     async def handle(self, request: Request) -> Any:
+        method = request.method.decode("ascii", "replace").upper()
+        segments = P.path_segments(request.path)
+        if self.login is not None and segments in (["login"], ["logout"]):
+            # Browser endpoints: no CORS headers (spec 7.1).
+            try:
+                if segments == ["login"]:
+                    return await self.login.login(request, method)
+                return await self.login.logout(request, method)
+            except StoreUnavailable as e:
+                raise HTTPError(503, f"database unavailable: {e}", {"Retry-After": "1"}) from e
         for name, value in _CORS.items():
             request.setHeader(name, value)
-        method = request.method.decode("ascii", "replace").upper()
         override = request.getHeader(b"x-http-method-override")
         if method == "POST" and override is not None:
             method = override.decode("ascii", "replace").upper()
-        segments = P.path_segments(request.path)
+        if segments == CACHE_DROP_PATH and self.deps is not None:
+            return await drop_cache(request, method, self.deps)
+        fed = self.federation if self.deps is not None else None
+        remote = None
+        if fed is not None and segments[:2] == ["arvados", "v1"]:
+            remote = fed.path_target(request, segments[2:])
+        if method == "OPTIONS" and remote is not None:
+            # A CORS preflight carries no credentials: the remote answers it.
+            await fed.relay(request, remote, None, None)
+            return NOT_DONE_YET
         if method == "OPTIONS":
             request.setResponseCode(200)
             request.setHeader(b"Content-Length", b"0")
@@ -136,16 +162,28 @@ class ControllerResource(AsyncResource):
         if segments[:2] != ["arvados", "v1"] or self.deps is None or self.router is None:
             raise HTTPError(404, f"Path not found: {request.path.decode('utf-8', 'replace')}")
         rest = segments[2:]
+        if rest == ["users", "authenticate"] and self.login is not None and method == "POST":
+            return await self.login.authenticate(request)
         if rest == ["config"]:
             if method not in ("GET", "HEAD"):
                 raise HTTPError(405, f"method {method} is not allowed on /arvados/v1/config",
                                 {"Allow": "GET, HEAD"})
             return self._config()
+        if remote is not None:
+            return await self._federate(request, method, segments, remote)
+        parsed = None
+        if fed is not None:
+            parsed = P.read_params(request, max_size=self.deps.config.api.max_request_size)
+            remote = fed.param_target(request, method, rest, parsed[0])
+            if remote is not None:
+                return await self._federate(request, method, segments, remote)
         route = self.router.match(method, rest)
-        params, body = P.read_params(request, max_size=self.deps.config.api.max_request_size)
+        params, body = parsed or P.read_params(request,
+                                               max_size=self.deps.config.api.max_request_size)
         if method == "POST" and str(params.get("_method", "")).upper() == "GET":
             route = self.router.match("GET", rest)
-        identity = await self._authenticate(request, required=not route.public)
+        identity = await self._authenticate(request, required=not route.public,
+                                            remote=_remote_param(method, rest, params))
         if identity is None and not route.public:
             raise HTTPError(401, "Not logged in: this request needs a valid API token "
                                  "(Authorization: Bearer <token>)")
@@ -161,6 +199,16 @@ class ControllerResource(AsyncResource):
         ctx = Ctx(request=request, identity=identity, params=params, body=body, access=access,
                   deps=self.deps)
         try:
+            if fed is not None:
+                token = token_from_request(request)
+                v2 = _v2_form(token, identity)
+                if route.operation == "list":
+                    return await fed.list(ctx, lambda c: route.call(c), route.resource.resource,
+                                          route.resource.kind.kind, token, v2)
+                if route.resource.resource == "collections" and route.operation == "get" \
+                        and route.uuid is not None and ids.PDH_RE.match(route.uuid):
+                    return await fed.collection_by_pdh(ctx, lambda: route.call(ctx), route.uuid,
+                                                       token, v2)
             return await route.call(ctx)
         except NotFound as e:
             raise HTTPError(404, str(e) or "not found") from e
@@ -174,17 +222,55 @@ class ControllerResource(AsyncResource):
         except StoreUnavailable as e:
             raise HTTPError(503, f"database unavailable: {e}", {"Retry-After": "1"}) from e
 
-    async def _authenticate(self, request: Request, *, required: bool) -> Any:
+    async def _federate(self, request: Request, method: str, segments: list[str],
+                        cluster: str) -> Any:
+        """Serve a request for a record of ``cluster`` by asking it (arvnode.api.federation).
+
+        The token is checked here first (a bad one is 401 without bothering
+        the remote, and a v1 secret needs its v2 form to be salted); the
+        remote then applies its own permissions.
+        """
+        assert self.deps is not None and self.federation is not None
+        if getattr(request, "body_too_large", False):
+            raise HTTPError(413, "request body is larger than API.MaxRequestSize "
+                                 f"({self.deps.config.api.max_request_size} bytes)")
+        token = token_from_request(request)
+        identity = None
+        if token:
+            identity = await self._authenticate(request, required=True)
+            request.user_uuid = identity.user_uuid  # type: ignore[attr-defined]
+            path = "/" + "/".join(segments)
+            if not scope_allows(identity.scopes, method, path):
+                raise HTTPError(403, f"this token's scopes do not allow {method} {path}")
+        v2 = _v2_form(token, identity)
+        rest = segments[2:]
+        if method == "GET" and len(rest) == 2 and rest[0] == "collections":
+            params, _ = P.read_params(request, max_size=self.deps.config.api.max_request_size)
+            return await self.federation.collection_get(request, cluster, rest[1], params,
+                                                        token, v2)
+        await self.federation.relay(request, cluster, token, v2)
+        return NOT_DONE_YET
+
+    async def _authenticate(self, request: Request, *, required: bool,
+                            remote: str | None = None) -> Any:
         """The caller's Identity, None without a token; 401 for a bad one
-        unless the route works without a token (keep_services/accessible)."""
+        unless the route works without a token (keep_services/accessible).
+
+        ``remote``: the ``remote=<cluster>`` parameter another cluster sends
+        when it checks one of our tokens salted for it (spec 3.5)."""
         assert self.deps is not None
         token = token_from_request(request)
         if not token:
             return None
         try:
-            identity = await self.deps.authenticator.authenticate(token)
+            identity = await self.deps.authenticator.authenticate(token, remote=remote)
         except StoreUnavailable as e:
             raise HTTPError(503, f"database unavailable: {e}", {"Retry-After": "1"}) from e
+        except RemoteTimeout as e:
+            # The issuer of this token is too slow: an outage, not a logout.
+            raise HTTPError(504, e.message) from e
+        except RemoteUnreachable as e:
+            raise HTTPError(502, e.message) from e
         if identity is None and required:
             raise HTTPError(401, "Not logged in: the API token is invalid, expired or revoked")
         return identity
@@ -230,6 +316,26 @@ class ControllerResource(AsyncResource):
         return exported
 
 
+def _remote_param(method: str, rest: list[str], params: Mapping[str, Any]) -> str | None:
+    """``remote=<cluster>`` where Arvados honours it: GET users/current,
+    api_client_authorizations/current and groups (spec 3.5)."""
+    value = params.get("remote")
+    if method not in ("GET", "HEAD") or not isinstance(value, str) or not value:
+        return None
+    if rest in (["users", "current"], ["api_client_authorizations", "current"]) or \
+            rest[:1] == ["groups"]:
+        return value
+    return None
+
+
+def _v2_form(token: str | None, identity: Any) -> str | None:
+    """``v2/<token uuid>/<secret>`` for a v1 secret, so it can be salted (spec 3.4)."""
+    if not token or token.startswith("v2/") or identity is None:
+        return None
+    uuid = getattr(identity, "token_uuid", None)
+    return f"v2/{uuid}/{token}" if uuid else None
+
+
 def build_controller_site(
     *,
     clock: IReactorTime,
@@ -246,6 +352,8 @@ def build_controller_site(
     config: Any = None,
     keepproxy_url: Callable[[], str] | None = None,
     controller_url: Callable[[], str] | None = None,
+    remote_client: Any = None,
+    forwarder: Any = None,
 ) -> NodeSite:
     """The controller's site. Without ``config``/``store`` it answers 404 to every API path.
 
@@ -262,7 +370,17 @@ def build_controller_site(
             keepproxy_url=keepproxy_url or (lambda: str(config.services.keepproxy.external_url)),
             controller_url=controller_url or (lambda: str(config.services.controller.external_url)),
         )
-    root = ControllerResource(clock=clock, rng=rng, limits=limits, deps=deps)
+    federation = None
+    if deps is not None and forwarder is not None and remote_client is not None:
+        from arvnode.api.federation import Federation
+
+        federation = Federation(forwarder=forwarder, client=remote_client, config=config)
+    root = ControllerResource(clock=clock, rng=rng, limits=limits, deps=deps,
+                              federation=federation)
+    if deps is not None:
+        root.login = LoginHandler(deps, remote_client)
+        # LoginCluster satellites forward user get/list there (users.py).
+        deps.resources["users"].remote_client = remote_client
     site = NodeSite(
         root, service="controller", clock=clock, rng=rng, metrics=metrics,
         management_token=management_token, health_checks=health_checks, idle_timeout=idle_timeout,

@@ -189,6 +189,10 @@ class VerifyingRelay:
             self._abort()
             return "error"
         self._cancel_stall()
+        # One batch at a time: launching the tail while a batch is still
+        # being hashed on the pool would update the md5 from two threads.
+        while self._hashing is not None:
+            await self._hashing
         if self._pending:
             self._launch()
         while self._hashing is not None:

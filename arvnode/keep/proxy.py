@@ -138,6 +138,9 @@ class KeepProxy:
         self.bad_replicas = BadReplicas()
         self.uploads = Uploads(self)
         self.resource = KeepResource(self)
+        # arvnode.remote.keep.RemoteKeep, set by the node wiring when
+        # federation is possible: serves +R<cluster>- locators (spec 5.3).
+        self.remote_keep: Any = None
 
     def header_hook(self, request: StreamingRequest) -> Awaitable[BodySink | None] | None:
         """The streaming seam's hook: uploads are decided at header time."""
@@ -183,6 +186,10 @@ class KeepProxy:
                 request_id=getattr(request, "request_id", ""),
                 error=e.__class__.__name__ + (f": {e}" if str(e) else ""),
             )
+            if getattr(e, "cluster", None) and getattr(e, "message", None):
+                # arvnode.remote.client.RemoteUnreachable/RemoteTimeout: the
+                # token's home cluster could not be asked; say which one.
+                raise KeepError(502, e.message) from e  # type: ignore[attr-defined]
             raise KeepError(503, "could not check the token now; try again") from e
         if identity is None:
             raise KeepError(403, FORBIDDEN)
@@ -301,6 +308,10 @@ class KeepProxy:
             request.setHeader(b"Content-Length", b"0")
             request.finish()
             self.audit_transfer(request, op, name, nbytes=0, outcome="ok")
+            return
+        if locator.remote is not None and locator.permission is None and self.remote_keep is not None:
+            # A remote block (no local +A: spec 2.6 treats +A and +R as local).
+            await self.remote_keep.serve(self, request, locator, token, identity)
             return
         if self._blob_signing:
             self._check_signature(locator, token)
