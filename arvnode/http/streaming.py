@@ -31,6 +31,21 @@ module owns three moments of the HTTP/1.1 exchange:
    unread data makes the kernel send RST, which can destroy the response
    before the client reads it), then closes.
 
+4. **The fast body path** (DESIGN.md §3; spec/put-path-measurements.md). If
+   the sink also offers buffers (:class:`BufferedBodySink`) and the connection
+   is plain TCP, the body is read by :class:`_RecvIntoReader`: the
+   transport's ``doRead`` is replaced, for the body only, by a
+   ``socket.recv_into`` straight into the sink's (reusable, ~4 MiB) buffer,
+   never reading past the declared length. That skips Twisted's 64 KiB
+   ``recv`` → ``dataReceived`` → ``LineReceiver`` → decoder →
+   ``handleContentChunk`` path, which cost the reactor thread twice the CPU.
+   The identity decoder's count is kept in step, so whenever the fast path
+   steps aside (bytes still in the line parser's buffer, reading held, an
+   early answer) the stock path carries on exactly where it left off; at the
+   last byte the decoder is told the body is complete and the request ends
+   the stock way. TLS transports (``TLSMemoryBIOProtocol``) always use the
+   stock path.
+
 Requests the hook does not want (it returns None) are handled the stock way:
 body buffered in memory, capped at ``max_buffered_body`` (413 beyond it),
 then ``process``/``render`` as usual.
@@ -41,7 +56,13 @@ allHeadersReceived`` / ``headerReceived`` / ``allContentReceived`` /
 ``requestDone`` / ``rawDataReceived`` / ``lineReceived``, the attributes
 ``_command``, ``_path``, ``_version``, ``_networkProducer``,
 ``_handlingRequest``, ``_send100Continue``, and ``LineReceiver.paused`` /
-``_buffer`` / ``_busyReceiving``. ``tests/http/test_streaming.py`` covers each
+``_buffer`` / ``_busyReceiving`` / ``line_mode``; for the fast body path,
+``HTTPChannel._transferDecoder`` being an ``_IdentityTransferDecoder`` with
+``contentLength`` / ``dataReceived``, ``twisted.internet.tcp.Connection``
+having ``socket`` and a ``doRead`` that the reactor looks up on the instance,
+and ``policies.ProtocolWrapper`` (``WrappingFactory``) only forwarding bytes
+(checked by :func:`fast_body_supported`; anything unexpected means the stock
+path). ``tests/http/test_streaming.py`` covers each
 with raw sockets; run it when moving the Twisted pin.
 """
 from __future__ import annotations
@@ -51,11 +72,15 @@ from io import BytesIO
 from typing import Any, Awaitable, Callable, Protocol
 
 import twisted
+from twisted.internet import main as _imain
+from twisted.internet import tcp as _tcp
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
+from twisted.protocols import policies as _policies
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
+from twisted.web import http as _http
 from twisted.web.http import HTTPChannel, parse_qs
 from zope.interface import implementer
 
@@ -63,6 +88,8 @@ from arvnode.http.site import NodeRequest, NodeSite
 
 __all__ = [
     "BodySink",
+    "BufferedBodySink",
+    "fast_body_supported",
     "HeaderHook",
     "StreamingChannel",
     "StreamingRequest",
@@ -88,6 +115,134 @@ class BodySink(Protocol):
     def finish(self) -> None: ...
 
     def fail(self, reason: Failure) -> None: ...
+
+
+class BufferedBodySink(BodySink, Protocol):
+    """A sink that lends its own buffers, so the body can be received straight
+    into them (the fast path, module docstring point 4).
+
+    ``body_buffer()`` gives a fresh writable byte view for the next bytes
+    (released by the reader after one ``recv_into``), or None when there is
+    no room now (the sink then has called ``pause_body``, or wants the stock
+    ``write`` path); ``body_filled(n)`` says ``n`` bytes were received at the
+    start of that view. A sink sees a mix of ``write`` and
+    ``body_filled`` calls, in body order.
+    """
+
+    def body_buffer(self) -> memoryview | None: ...
+
+    def body_filled(self, n: int) -> None: ...
+
+
+def _socket_transport(channel: Any) -> Any:
+    """The TCP connection under ``channel``: its transport, or the transport
+    of plain forwarding :class:`~twisted.protocols.policies.ProtocolWrapper` s
+    (the node's listeners wrap sites in ``WrappingFactory`` to track
+    connections). Anything else, TLS included (``TLSMemoryBIOProtocol`` is a
+    ProtocolWrapper *subclass*), gives None."""
+    transport = getattr(channel, "transport", None)
+    while type(transport) is _policies.ProtocolWrapper:
+        transport = getattr(transport, "transport", None)
+    if isinstance(transport, _tcp.Connection) and not getattr(transport, "TLS", False):
+        return transport
+    return None
+
+
+def fast_body_supported(channel: Any) -> bool:
+    """Whether :class:`_RecvIntoReader` may take over ``channel``'s body reads:
+    plain TCP (possibly behind forwarding wrappers, never TLS) and Twisted
+    internals shaped as tested."""
+    transport = _socket_transport(channel)
+    decoder = getattr(channel, "_transferDecoder", None)
+    identity = getattr(_http, "_IdentityTransferDecoder", None)
+    return bool(
+        transport is not None
+        and hasattr(getattr(transport, "socket", None), "recv_into")
+        and "doRead" not in vars(transport)
+        and identity is not None
+        and type(decoder) is identity
+        and isinstance(getattr(decoder, "contentLength", None), int)
+        and hasattr(channel, "line_mode")
+        and hasattr(channel, "_buffer")
+    )
+
+
+class _RecvIntoReader:
+    """The transport's ``doRead`` while a streamed body arrives (module
+    docstring point 4). Steps aside to the stock ``doRead`` whenever the
+    channel is not in the plain "receiving this body" state, and removes
+    itself at the end of the body or of the connection."""
+
+    def __init__(self, channel: "StreamingChannel", request: "StreamingRequest") -> None:
+        self._channel = channel
+        self._request = request
+        self._transport: Any = _socket_transport(channel)
+        self._decoder: Any = channel._transferDecoder
+        self._stock = type(self._transport).doRead.__get__(self._transport)
+        self.reads = 0
+        self.bytes = 0
+        self._transport.doRead = self.doRead
+
+    def uninstall(self) -> None:
+        transport, self._transport = self._transport, None
+        if transport is not None and vars(transport).get("doRead") == self.doRead:
+            del transport.doRead
+        if self._channel._fast is self:
+            self._channel._fast = None
+
+    def doRead(self) -> object:
+        ch, req, transport = self._channel, self._request, self._transport
+        if transport is None:  # pragma: no cover - uninstalled meanwhile
+            return self._stock()
+        decoder = self._decoder
+        sink = req.sink
+        if (
+            ch._transferDecoder is not decoder
+            or req.body_complete
+            or ch._discarding
+            or sink is None
+            or decoder.contentLength <= 0
+        ):
+            self.uninstall()
+            return self._stock()
+        if ch.paused or ch._buffer or ch.line_mode or ch._handlingRequest:
+            return self._stock()
+        view = sink.body_buffer()  # type: ignore[attr-defined]
+        if view is None or not view.nbytes:
+            if view is not None:
+                view.release()
+            if ch.paused:
+                return None  # the sink paused the body: the gate stopped reading
+            return self._stock()
+        try:
+            n = transport.socket.recv_into(view, min(view.nbytes, decoder.contentLength))
+        except BlockingIOError:
+            return None
+        except InterruptedError:
+            return None
+        except OSError:
+            return _imain.CONNECTION_LOST
+        finally:
+            view.release()
+        if not n:
+            return _imain.CONNECTION_DONE
+        self.reads += 1
+        self.bytes += n
+        site = ch.site
+        site.fast_body_reads += 1
+        site.fast_body_bytes += n
+        ch.resetTimeout()
+        req.bytes_in += n
+        decoder.contentLength -= n
+        last = decoder.contentLength == 0
+        if last:
+            self.uninstall()
+        sink.body_filled(n)  # type: ignore[attr-defined]
+        if last and ch._transferDecoder is decoder and not ch._discarding:
+            # End the body the stock way: handleContentChunk(b""), then
+            # _finishRequestBody -> allContentReceived -> requestReceived.
+            decoder.dataReceived(b"")
+        return None
 
 
 #: ``hook(request)`` at header time: None = "not mine, handle it the stock way";
@@ -158,6 +313,8 @@ class StreamingChannel(HTTPChannel):
     _drain_abort = False
     #: While holding lazily, stop reading the socket past this many buffered bytes.
     hold_buffer_limit = 65536
+    #: The recv_into body reader while one is installed.
+    _fast: _RecvIntoReader | None = None
 
     # -- setup ---------------------------------------------------------------
 
@@ -220,6 +377,15 @@ class StreamingChannel(HTTPChannel):
         """``100 Continue`` (only ever after the header hook accepted)."""
         self._send100Continue()
 
+    def start_fast_body(self, request: "StreamingRequest") -> bool:
+        """Receive ``request``'s body with ``recv_into`` when possible."""
+        if self._fast is not None or not getattr(self.site, "fast_body", False):
+            return False
+        if not fast_body_supported(self):
+            return False
+        self._fast = _RecvIntoReader(self, request)
+        return True
+
     # -- HTTPChannel hooks ---------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
@@ -281,6 +447,8 @@ class StreamingChannel(HTTPChannel):
         super().rawDataReceived(data)
 
     def requestDone(self, request: Any) -> None:
+        if self._fast is not None:
+            self._fast.uninstall()
         self._release_all()
         if isinstance(request, StreamingRequest) and not request.body_complete:
             # Answered before its body was read: this connection is finished.
@@ -292,6 +460,8 @@ class StreamingChannel(HTTPChannel):
 
     def connectionLost(self, reason: Failure) -> None:
         self._discarding = False
+        if self._fast is not None:
+            self._fast.uninstall()
         super().connectionLost(reason)
 
     # -- early answers -------------------------------------------------------
@@ -499,6 +669,8 @@ class StreamingRequest(NodeRequest):
             self.continue_sent = True
         if self.body_complete:
             sink.finish()  # Content-Length: 0 completed while we decided
+        elif callable(getattr(sink, "body_buffer", None)):
+            channel.start_fast_body(self)
         channel.release_reading("headers")
 
     def _decision_failed(self, f: Failure) -> None:
@@ -528,8 +700,9 @@ class StreamingSite(NodeSite):
 
     ``header_hook`` decides per request at header time; ``max_buffered_body``
     caps the body of requests it declines; ``drain_limit`` is how much of an
-    unwanted body is read and dropped before closing after an early answer.
-    Subclasses override :meth:`send_error` to decorate error responses.
+    unwanted body is read and dropped before closing after an early answer;
+    ``fast_body`` enables the ``recv_into`` body path for sinks that lend
+    buffers (plain TCP only). Subclasses override :meth:`send_error` to decorate error responses.
     """
 
     protocol = StreamingChannel  # type: ignore[assignment]
@@ -542,9 +715,14 @@ class StreamingSite(NodeSite):
         header_hook: HeaderHook | None = None,
         max_buffered_body: int = 65536,
         drain_limit: int = 1 << 20,
+        fast_body: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(resource, **kwargs)
+        self.fast_body = fast_body
+        #: Body bytes (and reads) taken by the fast path: for tests and metrics.
+        self.fast_body_bytes = 0
+        self.fast_body_reads = 0
         self.header_hook = header_hook
         self.max_buffered_body = max_buffered_body
         self.drain_limit = drain_limit

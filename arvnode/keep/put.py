@@ -11,6 +11,7 @@ module turns its outcome into the keepproxy's answer (signed locator,
 """
 from __future__ import annotations
 
+import hashlib
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from twisted.internet.defer import CancelledError
@@ -20,6 +21,7 @@ from arvnode.http.streaming import BodySink, StreamingRequest, plain_error
 from arvnode.keep.locator import MAX_BLOCK_SIZE, LocatorError, parse_locator, sign_locator
 from arvnode.keep.rendezvous import sort_services
 from arvnode.keep.upload import (
+    BufferPool,
     HashMismatch,
     NoReplicas,
     Replica,
@@ -40,8 +42,17 @@ __all__ = ["Uploads"]
 class Uploads:
     """PUT ``/<md5>[+size]`` and POST ``/`` for one :class:`KeepProxy`."""
 
+    #: The shared batch buffers hold this many upload windows in all (the
+    #: node's upload memory, whatever the number of uploads; at the default
+    #: 8 MiB window, 8 buffers of 4 MiB). Enough to keep the hash and write
+    #: pools busy; never more than the in-flight budget.
+    BUFFER_WINDOWS = 4
+
     def __init__(self, proxy: "KeepProxy") -> None:
         self._p = proxy
+        batch = proxy.batch_size
+        total = min(self.BUFFER_WINDOWS * 2 * batch, max(proxy.budget.limit, 2 * batch))
+        self.buffers = BufferPool(batch, total // batch)
 
     def header_hook(self, request: StreamingRequest) -> Awaitable[BodySink | None] | None:
         """The streaming seam's hook: uploads are ours, the rest is stock."""
@@ -102,10 +113,26 @@ class Uploads:
             ordered = sort_services(digest, self._p.volumes, key=lambda v: v.uuid)
             return await open_replicas(digest, length, ordered, desired, classes, self._p.log)
 
+        async def open_spools() -> list[Replica]:
+            # POST: the hash (and so the rendezvous order) is unknown; spread
+            # by request id. GET tries every volume, so placement only
+            # affects which one answers first.
+            key = hashlib.md5(request.request_id.encode()).hexdigest()
+            ordered = sort_services(key, self._p.volumes, key=lambda v: v.uuid)
+            return await open_replicas(
+                "", length, ordered, desired, classes, self._p.log,
+                opener=lambda v: v.open_spool(length),  # type: ignore[attr-defined]
+            )
+
         try:
             replicas: list[Replica] | None = None
-            if expected is not None:
-                replicas = await open_for(expected)
+            spool = expected is None and all(
+                callable(getattr(v, "open_spool", None))
+                for v in self._p.volumes
+                if not v.read_only
+            )
+            if expected is not None or spool:
+                replicas = await (open_for(expected) if expected is not None else open_spools())
                 if not replicas:
                     raise self._no_volume_error(classes)
                 if request.gone:
@@ -120,8 +147,9 @@ class Uploads:
                 length=length,
                 expected_hash=expected,
                 replicas=replicas,
-                open_later=open_for if expected is None else None,
+                open_later=open_for if replicas is None else None,
                 stats=self._p.upload_stats,
+                buffers=self.buffers,
             )
         except BaseException:
             release()

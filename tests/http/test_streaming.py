@@ -378,3 +378,242 @@ class ReadGateTests(SynchronousTestCase):
         self.assertEqual(calls, ["pause", "resume"])
         gate.release("body")
         self.assertEqual(calls, ["pause", "resume"])
+
+
+class BufferSink(CollectSink):
+    """Lends one buffer of ``size`` bytes (the fast path's sink shape).
+
+    When the buffer is full it is "processed" (hashed) either at once or,
+    with ``delay``, after that many seconds with the body paused meanwhile,
+    as the keepproxy does while a batch is in flight.
+    """
+
+    def __init__(self, request: StreamingRequest, size: int, delay: float | None = None) -> None:
+        super().__init__(request)
+        self.buf = bytearray(size)
+        self.fill = 0
+        self.delay = delay
+        self.busy = False
+        self.filled_calls = 0
+        self.paused_seen = False
+
+    def body_buffer(self) -> memoryview | None:
+        if self.busy:
+            return None
+        return memoryview(self.buf)[self.fill :]
+
+    def body_filled(self, n: int) -> None:
+        self.filled_calls += 1
+        self.length += n
+        self.fill += n
+        if self.fill == len(self.buf):
+            self._flush()
+
+    def write(self, data: bytes) -> None:
+        # The stock path (bytes that came with the headers, TLS): copy in.
+        self.chunks += 1
+        view = memoryview(data)
+        while view:
+            n = min(len(view), len(self.buf) - self.fill)
+            self.buf[self.fill : self.fill + n] = view[:n]
+            self.fill += n
+            self.length += n
+            view = view[n:]
+            if self.fill == len(self.buf):
+                self._flush()
+
+    def _flush(self) -> None:
+        self.md5.update(self.buf[: self.fill])
+        self.fill = 0
+        if self.delay is not None:
+            self.busy = True
+            self.request.pause_body()
+            self.paused_seen = self.request.channel.transport not in reactor.getReaders()
+            reactor.callLater(self.delay, self._done)
+
+    def _done(self) -> None:
+        self.busy = False
+        self.request.resume_body()
+        if self.finished_pending:
+            self.finish()
+
+    finished_pending = False
+
+    def finish(self) -> None:
+        if self.busy:
+            self.finished_pending = True
+            return
+        self.md5.update(self.buf[: self.fill])
+        self.fill = 0
+        super().finish()
+
+
+class FastBodyTests(TestCase):
+    """The recv_into body path (streaming.py point 4) over real sockets."""
+
+    def _accept_with(self, fx: Fixture, make: Any) -> list[Any]:
+        sinks: list[Any] = []
+
+        async def accept(request: StreamingRequest) -> Any:
+            sink = make(request)
+            sinks.append(sink)
+            return sink
+
+        fx.hook.sync = "accept"
+        fx.hook._accept_now = accept  # type: ignore[method-assign]
+        return sinks
+
+    async def test_body_received_into_sink_buffers(self) -> None:
+        """A big body lands in the sink's buffer in few large reads, never past
+        its end: the GET pipelined right behind it is answered too."""
+        fx = Fixture(self)
+        sinks = self._accept_with(fx, lambda r: BufferSink(r, 1 << 20))
+        c = await fx.client()
+        body = random.Random(5).randbytes(8 << 20 | 12345)
+        c.send(put_head(len(body), expect=True))
+        interim = await c.read_response()
+        assert interim is not None
+        self.assertEqual(interim.status, 100)
+        c.send(body + b"GET /after HTTP/1.1\r\nHost: t\r\n\r\n")
+        final = await c.read_response()
+        after = await c.read_response()
+        assert final is not None and after is not None
+        self.assertEqual(final.body, f"{hashlib.md5(body).hexdigest()} {len(body)}\n".encode())
+        self.assertEqual((after.status, after.body), (200, b"GET 0"))
+        sink = sinks[0]
+        self.assertEqual(sink.request.bytes_in, len(body))
+        # (Nearly) all of it by recv_into, in far fewer reads than 64 KiB ones.
+        self.assertGreater(fx.site.fast_body_bytes, len(body) - 65536)
+        self.assertLess(fx.site.fast_body_reads, len(body) // 65536)
+        # The stock doRead is back for the next request.
+        transport = fx.protocols[0].transport
+        self.assertNotIn("doRead", vars(transport))
+
+    async def test_body_with_headers_then_fast(self) -> None:
+        """Body bytes that came in the headers' packet go the stock way first,
+        the rest by recv_into; the sink sees them in order."""
+        fx = Fixture(self)
+        sinks = self._accept_with(fx, lambda r: BufferSink(r, 256 << 10))
+        c = await fx.client()
+        body = random.Random(6).randbytes(3 << 20)
+        c.send(put_head(len(body), expect=False) + body[:1000])
+        await deferLater(reactor, 0.05, lambda: None)
+        c.send(body[1000:])
+        final = await c.read_response()
+        assert final is not None
+        self.assertEqual(final.body, f"{hashlib.md5(body).hexdigest()} {len(body)}\n".encode())
+        self.assertGreaterEqual(sinks[0].chunks, 1)
+        self.assertGreater(sinks[0].filled_calls, 0)
+
+    async def test_sink_pause_stops_reading(self) -> None:
+        """A sink that has no room pauses the body: the socket is not read
+        until it resumes, and the body still arrives whole."""
+        fx = Fixture(self)
+        sinks = self._accept_with(fx, lambda r: BufferSink(r, 512 << 10, delay=0.02))
+        c = await fx.client()
+        body = random.Random(7).randbytes(4 << 20)
+        response, _ = await c.request("PUT", "/block", {}, body, expect_continue=True)
+        assert response is not None
+        self.assertEqual(response.body, f"{hashlib.md5(body).hexdigest()} {len(body)}\n".encode())
+        self.assertTrue(sinks[0].paused_seen)
+        self.assertGreater(fx.site.fast_body_bytes, 0)
+
+    async def test_client_leaves_mid_body(self) -> None:
+        """A client gone mid-body: the sink fails, the fast reader is removed."""
+        fx = Fixture(self)
+        sinks = self._accept_with(fx, lambda r: BufferSink(r, 1 << 20))
+        c = await fx.client()
+        c.send(put_head(4 << 20, expect=True))
+        await c.read_response()
+        c.send(b"z" * (1 << 20))
+        while fx.site.fast_body_bytes < 1 << 20:
+            await deferLater(reactor, 0.001, lambda: None)
+        transport = fx.protocols[0].transport
+        c.transport.loseConnection()
+        while sinks[0].failed is None:
+            await deferLater(reactor, 0.001, lambda: None)
+        self.assertNotIn("doRead", vars(transport))
+
+    async def test_behind_wrapping_factory(self) -> None:
+        """Behind WrappingFactory (how the node's listeners track connections)
+        the fast path still reads the socket itself."""
+        from twisted.protocols.policies import WrappingFactory
+
+        fx = Fixture(self)
+        self._accept_with(fx, lambda r: BufferSink(r, 1 << 20))
+        wrapped = reactor.listenTCP(0, WrappingFactory(fx.site), interface="127.0.0.1")
+        self.addCleanup(wrapped.stopListening)
+        c = await connect(wrapped.getHost().port)
+        fx.clients.append(c)
+        body = random.Random(10).randbytes(4 << 20)
+        response, _ = await c.request("PUT", "/block", {}, body, expect_continue=True)
+        assert response is not None
+        self.assertEqual(response.body, f"{hashlib.md5(body).hexdigest()} {len(body)}\n".encode())
+        self.assertGreater(fx.site.fast_body_bytes, len(body) // 2)
+
+    async def test_chunked_body_uses_stock_path(self) -> None:
+        """A chunked body (no Content-Length) is decoded by Twisted: the fast
+        path only ever takes identity bodies of a declared length."""
+        fx = Fixture(self)
+        self._accept_with(fx, lambda r: BufferSink(r, 64 << 10))
+        c = await fx.client()
+        body = random.Random(11).randbytes(200000)
+        chunks = b"".join(
+            b"%x\r\n%s\r\n" % (len(body[i : i + 70000]), body[i : i + 70000])
+            for i in range(0, len(body), 70000)
+        )
+        c.send(
+            b"PUT /block HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + chunks
+            + b"0\r\n\r\n"
+        )
+        final = await c.read_response()
+        assert final is not None
+        self.assertEqual(final.body, f"{hashlib.md5(body).hexdigest()} {len(body)}\n".encode())
+        self.assertEqual(fx.site.fast_body_bytes, 0)
+
+    async def test_disabled(self) -> None:
+        """fast_body=False: the same sink gets the body through write()."""
+        fx = Fixture(self)
+        fx.site.fast_body = False
+        self._accept_with(fx, lambda r: BufferSink(r, 1 << 20))
+        c = await fx.client()
+        body = random.Random(8).randbytes(2 << 20)
+        response, _ = await c.request("PUT", "/block", {}, body, expect_continue=True)
+        assert response is not None
+        self.assertEqual(response.body, f"{hashlib.md5(body).hexdigest()} {len(body)}\n".encode())
+        self.assertEqual(fx.site.fast_body_bytes, 0)
+
+    async def test_tls_uses_stock_path(self) -> None:
+        """Over TLS the fast path never engages, and the body arrives whole."""
+        from twisted.internet import ssl
+        from twisted.internet.endpoints import SSL4ClientEndpoint, connectProtocol
+        from pathlib import Path
+
+        from twisted.protocols.tls import TLSMemoryBIOFactory
+
+        from arvnode.services import _NoALPN
+        from arvnode.tls import ReloadableServerTLS, generate_ca_and_server
+
+        d = Path(self.mktemp())
+        d.mkdir()
+        paths = generate_ca_and_server(d, common_name="test")
+        fx = Fixture(self)
+        self._accept_with(fx, lambda r: BufferSink(r, 1 << 20))
+        # Wrapped as the node's HTTPListener wraps it.
+        tls = ReloadableServerTLS(str(paths["cert"]), str(paths["key"]))
+        tls_port = reactor.listenTCP(
+            0, TLSMemoryBIOFactory(tls, False, _NoALPN(fx.site)), interface="127.0.0.1"
+        )
+        self.addCleanup(tls_port.stopListening)
+        endpoint = SSL4ClientEndpoint(
+            reactor, "127.0.0.1", tls_port.getHost().port, ssl.CertificateOptions(verify=False)
+        )
+        c = await connectProtocol(endpoint, RawHTTP())
+        fx.clients.append(c)
+        body = random.Random(9).randbytes(3 << 20)
+        response, got_continue = await c.request("PUT", "/block", {}, body, expect_continue=True)
+        assert response is not None
+        self.assertTrue(got_continue)
+        self.assertEqual(response.body, f"{hashlib.md5(body).hexdigest()} {len(body)}\n".encode())
+        self.assertEqual(fx.site.fast_body_bytes, 0)

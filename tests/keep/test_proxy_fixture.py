@@ -93,6 +93,8 @@ class WatchedWriter:
         self._inner = inner
         self.aborted: Deferred[None] = Deferred()
         self.committed = False
+        # Passes every batch straight to the real writer: as reusable as it.
+        self.reusable_buffers = bool(getattr(inner, "reusable_buffers", False))
 
     def write(self, data: bytes) -> Deferred[None]:
         owner = self._owner
@@ -117,6 +119,12 @@ class WatchedWriter:
             self.committed = True
 
         return self._inner.commit().addCallback(done)
+
+    def commit_as(self, hash: str) -> Deferred[None]:
+        def done(_: object) -> None:
+            self.committed = True
+
+        return self._inner.commit_as(hash).addCallback(done)
 
     def abort(self) -> Deferred[None]:
         def done(result: object) -> object:
@@ -243,6 +251,14 @@ class WatchedVolume:
                 event.callback(None)
             return gate.addCallback(lambda _: self.inner.open_write(hash, size)).addCallback(wrap)
         return self.inner.open_write(hash, size).addCallback(wrap)
+
+    def open_spool(self, size: int) -> Deferred[Any]:
+        def wrap(writer: Any) -> WatchedWriter:
+            w = WatchedWriter(self, writer)
+            self.writers.append(w)
+            return w
+
+        return self.inner.open_spool(size).addCallback(wrap)
 
     def open_read(self, hash: str) -> Deferred[Any]:
         return self.inner.open_read(hash).addCallback(

@@ -6,8 +6,11 @@ from __future__ import annotations
 import os
 
 from twisted.internet import reactor, task
-from twisted.internet.defer import gatherResults
-from twisted.trial.unittest import TestCase
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.python.threadpool import ThreadPool
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from arvnode.keep.upload import BufferPool
 
 from tests.keep.test_proxy_fixture import (
     USER,
@@ -62,6 +65,7 @@ class UploadBackpressureTests(TestCase):
         self.assertEqual(keep.proxy.upload_stats.held, 0)
         # Batched: about 8 MiB / 512 KiB writes, not one per 64 KiB read.
         self.assertLessEqual(keep.volumes[0].writes, 20)
+        self.assertGreater(keep.site.fast_body_bytes, 0)
 
     async def test_stuck_volume_does_not_time_out_client(self) -> None:
         """While the server (not the client) is slow, the idle timeout is off."""
@@ -306,3 +310,149 @@ class IdleTimeoutTests(TestCase):
         assert response is not None
         self.assertEqual(response.status, 200)
         self.assertTrue(vol.has_block(md5(data)))
+
+
+class FastPathTests(TestCase):
+    """The recv_into body path feeds the upload pipeline's shared buffers."""
+
+    async def test_put_uses_recv_into_and_shared_buffers(self) -> None:
+        """Several concurrent uploads: every block stored intact, the body read
+        by recv_into, and the node never allocates more batch buffers than
+        the pool's cap (a few windows in all, not one per upload)."""
+        window = MiB
+        keep = await start_keepproxy(self, upload_window=window, max_inflight_bytes=64 * MiB)
+        pool = keep.proxy.uploads.buffers
+        self.assertEqual(pool.size, window // 2)
+        blobs = [os.urandom(3 * MiB + i) for i in range(10)]
+        responses = await gatherResults(
+            [Deferred.fromCoroutine(keep.put(b, expect=True)) for b in blobs]
+        )
+        for b, r in zip(blobs, responses):
+            self.assertEqual(r.status, 200, r.body)
+            with open(keep.volumes[0].block_path(md5(b)), "rb") as f:
+                self.assertEqual(f.read(), b)
+        self.assertLessEqual(pool.allocated, pool.limit)
+        self.assertEqual(pool.limit, 8)
+        self.assertGreater(keep.site.fast_body_bytes, 10 * 3 * MiB // 2)
+        self.assertEqual(keep.proxy.upload_stats.held, 0)
+        self.assertEqual(keep.volumes[0].temp_files(), [])
+
+    async def test_mismatch_on_fast_path_stores_nothing(self) -> None:
+        """A body whose md5 is not the locator's: 422, no block, no temp file."""
+        keep = await start_keepproxy(self, upload_window=MiB)
+        data = os.urandom(5 * MiB)
+        wrong = md5(data[::-1])
+        response = await keep.put(data, path=f"/{wrong}", expect=True)
+        self.assertEqual(response.status, 422)
+        self.assertGreater(keep.site.fast_body_bytes, 0)
+        await gatherResults([w.aborted for w in keep.volumes[0].writers])
+        self.assertFalse(keep.volumes[0].has_block(wrong))
+        self.assertEqual(keep.volumes[0].temp_files(), [])
+
+
+    async def test_uploads_wait_for_buffers(self) -> None:
+        """With the pool down to two buffers, three concurrent uploads take
+        turns (paused, not refused or dropped) and all complete intact."""
+        keep = await start_keepproxy(self, upload_window=MiB, idle_timeout=5)
+        keep.proxy.uploads.buffers = pool = BufferPool(MiB // 2, 2)
+        blobs = [os.urandom(2 * MiB + i) for i in range(3)]
+        responses = await gatherResults(
+            [Deferred.fromCoroutine(keep.put(b, expect=True)) for b in blobs]
+        )
+        self.assertEqual([r.status for r in responses], [200, 200, 200])
+        for b in blobs:
+            self.assertTrue(keep.volumes[0].has_block(md5(b)))
+        self.assertEqual(pool.allocated, 2)
+        self.assertEqual(pool.waiting, 0)
+
+
+class PostStreamingTests(TestCase):
+    """POST / (the proxy computes the hash) streams to spool files."""
+
+    async def test_post_streams_in_bounded_memory(self) -> None:
+        """A 6 MiB POST holds about one window, not the body; it is stored under
+        its md5 on two volumes, with no spool file left."""
+        window = MiB
+        keep = await start_keepproxy(
+            self,
+            upload_window=window,
+            volumes=(
+                VolumeSpec("zzzzz-nyw5e-000000000000001"),
+                VolumeSpec("zzzzz-nyw5e-000000000000002"),
+            ),
+        )
+        data = os.urandom(6 * MiB)
+        c = await keep.client()
+        response, _ = await c.request(
+            "POST", "/", {**auth(), "X-Keep-Desired-Replicas": "2"}, data, expect_continue=True
+        )
+        assert response is not None
+        self.assertEqual(response.status, 200, response.body)
+        self.assertTrue(response.body.decode().startswith(f"{md5(data)}+{len(data)}+A"))
+        self.assertEqual(response.header("X-Keep-Replicas-Stored"), "2")
+        self.assertLessEqual(keep.proxy.upload_stats.max_held, window + 2 * 65536)
+        for v in keep.volumes:
+            with open(v.block_path(md5(data)), "rb") as f:
+                self.assertEqual(f.read(), data)
+            self.assertEqual(v.temp_files(), [])
+
+    async def test_post_client_leaves_nothing_behind(self) -> None:
+        """A POST whose client leaves mid-body leaves no spool file."""
+        keep = await start_keepproxy(self, upload_window=256 << 10)
+        c = await keep.client()
+        c.send(
+            (
+                f"POST / HTTP/1.1\r\nHost: k\r\nAuthorization: Bearer {USER}\r\n"
+                f"Content-Length: {4 * MiB}\r\nExpect: 100-continue\r\n\r\n"
+            ).encode()
+        )
+        interim = await c.read_response()
+        assert interim is not None
+        self.assertEqual(interim.status, 100)
+        wrote = keep.volumes[0].next_write()
+        c.send(os.urandom(MiB))
+        await wrote
+        c.transport.loseConnection()
+        await c.closed
+        await gatherResults([w.aborted for w in keep.volumes[0].writers])
+        self.assertEqual(keep.volumes[0].temp_files(), [])
+        await eventually(lambda: keep.proxy.budget.used == 0)
+
+class BufferPoolTests(SynchronousTestCase):
+    """BufferPool: a cap on buffers, FIFO hand-over, withdrawable waits."""
+
+    def test_cap_and_handover(self) -> None:
+        pool = BufferPool(16, 2)
+        a, b = pool.take(), pool.take()
+        self.assertIsNotNone(a)
+        self.assertIsNotNone(b)
+        self.assertIsNone(pool.take())
+        got: list[object] = []
+        pool.wait(lambda buf: got.append(("first", buf)))
+        cancel = pool.wait(lambda buf: got.append(("withdrawn", buf)))
+        pool.wait(lambda buf: got.append(("third", buf)))
+        cancel()
+        pool.give(a)  # type: ignore[arg-type]
+        pool.give(b)  # type: ignore[arg-type]
+        self.assertEqual(got, [("first", a), ("third", b)])
+        self.assertEqual(pool.allocated, 2)
+        pool.give(a)  # type: ignore[arg-type]
+        self.assertIs(pool.take(), a)
+
+
+class HashLaneTests(TestCase):
+    """_HashLane: batches queued while one is hashed are hashed in order."""
+
+    async def test_order_kept(self) -> None:
+        import hashlib
+
+        from arvnode.keep.upload import _HashLane
+
+        pool = ThreadPool(1, 2, name="lane-test")
+        pool.start()
+        self.addCleanup(pool.stop)
+        md = hashlib.md5()
+        lane = _HashLane(reactor, pool, md)
+        batches = [os.urandom(256 << 10) for _ in range(6)] + [b"tail"]
+        await gatherResults([lane.submit(memoryview(b)) for b in batches])
+        self.assertEqual(md.hexdigest(), hashlib.md5(b"".join(batches)).hexdigest())

@@ -314,6 +314,40 @@ class DirectoryVolume:
 
         return detached(d.addCallback(made), self.log, orphaned)
 
+    def open_spool(self, size: int) -> "Deferred[IBlockWriter]":
+        """A write whose hash is not known yet (``POST /``): ``<root>/post.tmp-<random>``.
+
+        Commit it with ``commit_as(hash)`` once the md5 is known; until then
+        it is a temp file like any other (removed by abort, and at start
+        after a crash).
+        """
+        if size < 0:
+            return fail(ValueError(f"negative block size {size}"))
+        if self.read_only:
+            return fail(VolumeError(f"volume {self.uuid} is read-only"))
+        tmp = os.path.join(self.root, f"post{TMP_MARKER}{self._rng.getrandbits(64):016x}")
+        d = self._run(self._create_temp, tmp)
+
+        def made(fd: int) -> IBlockWriter:
+            writer = BlockWriter(self, None, size, tmp, fd)
+            self._writers.add(writer)
+            return writer
+
+        def orphaned(writer: IBlockWriter) -> None:
+            writer.abort().addErrback(
+                lambda f: self.log.failure("discarding an orphaned temp file failed", f)
+            )
+
+        return detached(d.addCallback(made), self.log, orphaned)
+
+    def _ensure_subdir(self, subdir: str) -> None:
+        try:
+            os.mkdir(subdir, 0o700)
+        except FileExistsError:
+            return
+        # The new directory entry must survive a crash like the block.
+        self._fsync_dir(self.root)
+
     def _create_temp(self, tmp: str) -> int:
         subdir = os.path.dirname(tmp)
         try:
@@ -444,13 +478,19 @@ class BlockWriter:
     for that write before closing, even if the caller cancelled the write's
     Deferred. ``write`` does not keep ``data`` after its Deferred fired: the
     caller may refill the same buffer (the ``recv_into`` design of the
-    measurements). A failed write removes the temp file at once (freeing the
+    measurements; :data:`reusable_buffers` says so to the upload pipeline).
+    A writer from :meth:`DirectoryVolume.open_spool` has no hash until
+    :meth:`commit_as`. A failed write removes the temp file at once (freeing the
     space on ENOSPC); ``abort`` is then a no-op.
     """
 
     log = Logger()
+    #: ``write`` is done with its data when its Deferred fires.
+    reusable_buffers = True
 
-    def __init__(self, volume: DirectoryVolume, hash: str, size: int, tmp: str, fd: int) -> None:
+    def __init__(
+        self, volume: DirectoryVolume, hash: str | None, size: int, tmp: str, fd: int
+    ) -> None:
         self._vol = volume
         self.hash = hash
         self.size = size
@@ -528,11 +568,27 @@ class BlockWriter:
     def commit(self) -> "Deferred[None]":
         return self._serial.run(self._commit)
 
+    def commit_as(self, hash: str) -> "Deferred[None]":
+        """Commit a spooled write (``open_spool``) as block ``hash``."""
+        bad: Deferred[None] | None = self._vol._bad_hash(hash)
+        if bad is not None:
+            return bad
+
+        def run() -> "Deferred[None]":
+            if self.hash is not None and self.hash != hash:
+                return fail(VolumeError(f"writer for {self.hash} cannot commit {hash}"))
+            self.hash = hash
+            return self._commit()
+
+        return self._serial.run(run)
+
     def _commit(self) -> "Deferred[None]":
         if self._state == "committed":
             return succeed(None)
         if self._aborting or self._state != "open":
             return fail(VolumeError(f"commit of a {self._state_word()} block writer"))
+        if self.hash is None:
+            return fail(VolumeError("a spooled write needs commit_as(hash)"))
         if self._written != self.size:
             return self._discard_then_fail(
                 f"block {self.hash}: wrote {self._written} bytes, declared {self.size}"
@@ -546,11 +602,15 @@ class BlockWriter:
 
     def _commit_blocking(self) -> None:
         fd = self._fd
-        assert fd is not None
+        assert fd is not None and self.hash is not None
         final = self._vol.block_path(self.hash)
         op, path = "fsync", self._tmp
         try:
             os.fsync(fd)
+            if os.path.dirname(self._tmp) != os.path.dirname(final):
+                op, path = "mkdir", os.path.dirname(final)
+                self._vol._ensure_subdir(path)
+                op, path = "fsync", self._tmp
             _Writeback.drop(fd, 0, 0)
             self._fd = None
             os.close(fd)
