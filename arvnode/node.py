@@ -49,25 +49,28 @@ REMOTE_TOKEN_CHECK_TIMEOUT = 30.0
 
 
 class ThreadPools(Service):
-    """Bounded thread pools for blocking work: file I/O and hashing.
+    """Bounded thread pools for blocking work: file I/O, hashing, commits.
 
-    Separate pools so a burst of disk writes cannot starve md5, and neither
-    can starve the database pool (which adbapi owns).
+    Separate pools so a burst of disk writes cannot starve md5, neither can
+    starve the database pool (which adbapi owns), and a slow fsync/rename
+    at the end of one upload does not hold up the writes of the others
+    (DESIGN section 3).
     """
 
-    def __init__(self, io_threads: int = 8, hash_threads: int = 2) -> None:
+    def __init__(self, io_threads: int = 8, hash_threads: int = 2, commit_threads: int = 4) -> None:
         self.io = ThreadPool(minthreads=1, maxthreads=io_threads, name="arvnode-io")
         self.hashing = ThreadPool(minthreads=1, maxthreads=hash_threads, name="arvnode-hash")
+        self.commit = ThreadPool(minthreads=1, maxthreads=commit_threads, name="arvnode-commit")
 
     def startService(self) -> None:
         super().startService()
-        self.io.start()
-        self.hashing.start()
+        for pool in (self.io, self.hashing, self.commit):
+            pool.start()
 
     def stopService(self) -> None:
         super().stopService()
-        self.io.stop()
-        self.hashing.stop()
+        for pool in (self.io, self.hashing, self.commit):
+            pool.stop()
 
 
 class StoreService(Service):
@@ -255,7 +258,8 @@ def build_node(
     own_keepstore, upstream_urls = keepstore_role(
         config.services.keepstore, has_local_volumes=bool(config.volumes), own_url=keepstore_url)
     volumes = [
-        build_volume(uuid, vc, reactor=reactor, threadpool=pools.io, rng=rng)
+        build_volume(uuid, vc, reactor=reactor, threadpool=pools.io, rng=rng,
+                     commit_threadpool=pools.commit)
         for uuid, vc in sorted(config.volumes.items())
         if mounted_here(vc.access_via_hosts, own_keepstore)
     ]
@@ -360,6 +364,8 @@ def build_node(
         upload_window=kp.upload_window,
         max_inflight_bytes=kp.max_inflight_bytes,
         idle_timeout=kp.idle_timeout,
+        # No StorageClasses in the config: every volume is of class "default".
+        default_classes=config.default_storage_classes or ("default",),
     )
     url = _listen_url(config.services.keepproxy, "Keepproxy")
     keep_site.proxy.remote_keep = node.remote_keep

@@ -112,6 +112,7 @@ class KeepProxy:
         upload_window: int,
         max_inflight_bytes: int,
         idle_timeout: float,
+        default_classes: Sequence[str] = (),
     ) -> None:
         # An instance attribute: as a class attribute, Logger's descriptor
         # would replace the namespace with the class name.
@@ -124,6 +125,9 @@ class KeepProxy:
         self.signing_ttl = signing_ttl
         self._blob_signing = blob_signing
         self.default_replication = max(1, int(default_replication))
+        # Where a PUT without X-Keep-Storage-Classes goes (spec 4.7: the
+        # cluster's default classes); empty means any writable volume.
+        self.default_classes = list(default_classes)
         self._permission = permission
         self._root_token = system_root_token
         self.metrics = metrics
@@ -197,6 +201,10 @@ class KeepProxy:
         return token, identity
 
     def _may_download(self, identity: Identity) -> bool:
+        # A deactivated user (locally, or by its home cluster through the
+        # remote-token refresh) reads nothing more, whatever it was signed.
+        if not identity.is_active and not identity.is_anonymous:
+            return False
         p = self._permission
         return bool(p.admin_download if identity.is_admin else p.user_download)
 

@@ -193,7 +193,7 @@ class Uploads:
                 name = part.strip()
                 if name and name not in out:
                     out.append(name)
-        return out
+        return out or list(self._p.default_classes)
 
     def _upload_done(
         self,

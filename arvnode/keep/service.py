@@ -55,6 +55,7 @@ def build_keepproxy_site(
     max_inflight_bytes: int,
     idle_timeout: float,
     health_checks: dict[str, Any] | None = None,
+    default_classes: Sequence[str] = (),
 ) -> KeepproxySite:
     """The keepproxy as a :class:`~arvnode.http.site.NodeSite` (``service="keepproxy"``).
 
@@ -85,6 +86,7 @@ def build_keepproxy_site(
         upload_window=upload_window,
         max_inflight_bytes=max_inflight_bytes,
         idle_timeout=idle_timeout,
+        default_classes=default_classes,
     )
     checks = dict(health_checks) if health_checks else {"ping": _ping}
     site = KeepproxySite(

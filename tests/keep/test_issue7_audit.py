@@ -491,14 +491,6 @@ class NodeConfigTests(TestCase):
             h = md5(data)
             self.assertTrue((roots["hot"] / h[:3] / h).exists(), data)
 
-    test_no_class_header_writes_default_classes.todo = (  # type: ignore[attr-defined]
-        "arvnode/keep/put.py Uploads._requested_classes returns [] without the header "
-        "and KeepProxy gets no default classes from config, so open_replicas picks any "
-        "writable volume in rendezvous order (an archive-only one included). Fix: pass "
-        "config.default_storage_classes to build_keepproxy_site/KeepProxy and use them "
-        "when the header is absent."
-    )
-
 
 class EmbeddedDefaultVolumeTests(SynchronousTestCase):
     """Bullet: the embedded default config has exactly one directory volume."""

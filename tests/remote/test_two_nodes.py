@@ -70,6 +70,17 @@ class TwoNodeTests(TestCase):
         self.assertEqual(code, 200, body)
         self.assertEqual(body["uuid"], self.user.uuid)
 
+    async def test_current_token_of_a_at_b(self) -> None:
+        """api_client_authorizations/current at B describes A's token (its
+        uuid and owner), without any secret."""
+        await self.start()
+        r = await self.http.get(self.b.controller_url + "/arvados/v1/api_client_authorizations/current",
+                                headers={"Authorization": [f"Bearer {self.token.v2}"]})
+        body = json.loads(await treq.content(r))
+        self.assertEqual(r.code, 200, body)
+        self.assertEqual((body["uuid"], body["owner_uuid"]), (self.token.uuid, self.user.uuid))
+        self.assertNotIn("api_token", body)
+        self.assertNotIn(self.token.secret, json.dumps(body))
 
     async def test_revocation_within_real_interval(self) -> None:
         """RemoteTokenRefresh 2 s: after A revokes the token, B refuses it

@@ -15,7 +15,7 @@ from arvnode.api.permissions import PermissionDenied
 from arvnode.api.resources.base import Ctx, ObjectResource
 from arvnode.http.resource import HTTPError
 from arvnode.store.errors import NotFound
-from arvnode.store.kinds import from_api_time
+from arvnode.store.kinds import from_api_time, to_api_time
 
 _SECRET_KEYS = ("api_token", "secret")
 
@@ -40,6 +40,18 @@ class ApiClientAuthorizations(ObjectResource):
     async def current(self, ctx: Ctx) -> dict[str, Any]:
         assert ctx.identity is not None
         uuid = ctx.identity.token_uuid
+        if uuid[:5] != self.deps.cluster_id:
+            # Another cluster's token, validated through its issuer: there is
+            # no row here; describe it from what the issuer told us (as
+            # Arvados answers from its cached copy). Never with a secret.
+            identity = ctx.identity
+            return self.present(ctx, {
+                "uuid": uuid,
+                "owner_uuid": identity.user_uuid,
+                "user_uuid": identity.user_uuid,
+                "scopes": list(identity.scopes),
+                "expires_at": to_api_time(identity.expires_at),
+            })
         record = await self.store.get_object(self.kind, uuid)
         row = await self.store.get_token(uuid)
         presented = ctx.identity.token
