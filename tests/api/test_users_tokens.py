@@ -13,8 +13,10 @@ from tests.api.base import ApiTestCase
 
 class UserTests(ApiTestCase):
     async def test_current_get_list(self):
-        """users/current answers the caller; a user lists only themselves,
-        cannot see another user (404); an admin lists everyone."""
+        """users/current answers the caller; active users of this cluster see
+        each other (all members of "All users", as Arvados' set-up users
+        are); an inactive user sees only themselves (404 for others); an
+        admin lists everyone."""
         await self.startNode()
         alice, a_tok = await self.make_user(name="alice")
         bob, _ = await self.make_user(name="bob")
@@ -22,10 +24,16 @@ class UserTests(ApiTestCase):
         self.assertEqual((me["uuid"], me["kind"], me["is_active"]), (alice, "arvados#user", True))
         self.assertEqual(me["full_name"], "alice")
         await self.ok("GET", f"users/{alice}", token=a_tok)
-        code, _ = await self.api("GET", f"users/{bob}", token=a_tok)
+        await self.ok("GET", f"users/{bob}", token=a_tok)
+        listed = await self.ok("GET", "users", token=a_tok,
+                               params={"filters": [["username", "in", ["alice", "bob"]]]})
+        self.assertEqual(sorted(u["uuid"] for u in listed["items"]), sorted([alice, bob]))
+        carol, c_tok = await self.make_user(name="carol")
+        await self.ok("PATCH", f"users/{carol}", token=self.root, body={"is_active": False})
+        code, _ = await self.api("GET", f"users/{bob}", token=c_tok)
         self.assertEqual(code, 404)
-        listed = await self.ok("GET", "users", token=a_tok)
-        self.assertEqual([u["uuid"] for u in listed["items"]], [alice])
+        listed = await self.ok("GET", "users", token=c_tok)
+        self.assertEqual([u["uuid"] for u in listed["items"]], [carol])
         listed = await self.ok("GET", "users", token=self.root,
                                params={"filters": [["username", "in", ["alice", "bob"]]],
                                        "order": "username"})
@@ -55,7 +63,7 @@ class UserTests(ApiTestCase):
 
     async def test_non_admin_limits(self):
         """A user may rename themselves but not make themselves admin (403),
-        nor create users (403), nor touch other users (404)."""
+        nor create users (403), nor change another user they can see (403)."""
         await self.startNode()
         alice, a_tok = await self.make_user(name="alice")
         bob, _ = await self.make_user(name="bob")
@@ -67,7 +75,7 @@ class UserTests(ApiTestCase):
         code, err = await self.api("POST", "users", token=a_tok, body={"email": "x@y"})
         self.assertEqual(code, 403, err)
         code, err = await self.api("PUT", f"users/{bob}", token=a_tok, body={"first_name": "B"})
-        self.assertEqual(code, 404, err)
+        self.assertEqual(code, 403, err)
         code, err = await self.api("POST", f"users/{bob}/activate", token=a_tok)
         self.assertEqual(code, 403, err)
         code, err = await self.api("PUT", f"users/{alice}", token=self.root,

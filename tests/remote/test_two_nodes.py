@@ -82,6 +82,37 @@ class TwoNodeTests(TestCase):
         self.assertNotIn("api_token", body)
         self.assertNotIn(self.token.secret, json.dumps(body))
 
+    async def test_remote_user_visible_only_through_all_users_link(self) -> None:
+        """Peer federation visibility: A's user, copied at B by using a token
+        there, is invisible to B's own users until a B admin adds a can_read
+        link from it to B's "All users" group; then they see it."""
+        await self.start()
+        code, _ = await self.current_at_b(self.token.v2)  # B copies A's user
+        self.assertEqual(code, 200)
+        b_store = self.b.node.store
+        local = await b_store.create_user(email="local@b.example", is_active=True)
+        local_token = (await b_store.create_token(local.uuid)).v2
+
+        async def b_api(method: str, path: str, token: str, body: Any = None) -> tuple[int, Any]:
+            kw: dict[str, Any] = {"headers": {"Authorization": [f"Bearer {token}"],
+                                              "Content-Type": ["application/json"]}}
+            if body is not None:
+                kw["data"] = json.dumps(body).encode()
+            r = await self.http.request(method, self.b.controller_url + "/arvados/v1/" + path, **kw)
+            return r.code, json.loads(await treq.content(r))
+
+        # (users/<A uuid> itself would be forwarded to A: list B's own table.)
+        code, listed = await b_api("GET", "users", local_token)
+        self.assertNotIn(self.user.uuid, [u["uuid"] for u in listed["items"]])
+
+        root = self.b.section["SystemRootToken"]
+        code, link = await b_api("POST", "links", root, {
+            "link_class": "permission", "name": "can_read", "tail_uuid": self.user.uuid,
+            "head_uuid": f"{B}-j7d0g-fffffffffffffff"})
+        self.assertEqual(code, 200, link)
+        code, listed = await b_api("GET", "users", local_token)
+        self.assertIn(self.user.uuid, [u["uuid"] for u in listed["items"]])
+
     async def test_revocation_within_real_interval(self) -> None:
         """RemoteTokenRefresh 2 s: after A revokes the token, B refuses it
         within the interval (plus scheduling slack on a loaded machine)."""

@@ -20,7 +20,7 @@ import json
 from typing import Any
 
 from arvnode import ids
-from arvnode.api.permissions import PermissionDenied
+from arvnode.api.permissions import READ, PermissionDenied
 from arvnode.api.resources.base import Ctx, ObjectResource
 from arvnode.http.resource import HTTPError
 from twisted.web.http_headers import Headers
@@ -134,6 +134,53 @@ class Users(ObjectResource):
             return json.loads(raw)
         except ValueError as e:
             raise RemoteUnreachable(x, f"answer to {method} {path} is not JSON") from e
+
+    async def readable(self, ctx: Ctx) -> frozenset[str] | None:
+        """Which users the caller may see (None: all, for admins).
+
+        As in Arvados: yourself, what permission links give you, and the
+        other members of the groups you belong to. Every active user of
+        this cluster counts as a member of "All users" (the permission
+        seeding does the same); a user copied from another cluster joins
+        it only through an explicit ``can_read`` link to "All users"
+        (peer federation), so a stranger who merely used a token here stays
+        invisible to local users. Reads every user row: fine for the user
+        counts of a gateway, and never cached, so a new link shows at once.
+        """
+        base = await ctx.access.readable()
+        identity = ctx.identity
+        if base is None or identity is None or identity.is_anonymous or not identity.is_active:
+            return base
+        visible = set(base)
+        groups = sorted(u for u in base if u[6:11] == ids.INFIX["groups"])
+        if groups:
+            links = KINDS["links"]
+            offset = 0
+            while True:
+                query = parse_list_query(links, {
+                    "filters": [["link_class", "=", "permission"], ["head_uuid", "in", groups],
+                                ["tail_uuid", "is_a", "arvados#user"]],
+                    "select": ["tail_uuid"], "limit": 1000, "offset": offset, "count": "none",
+                })
+                rows, _ = await self.store.list_objects(links, query, readable=None)
+                visible.update(r["tail_uuid"] for r in rows)
+                if len(rows) < 1000:
+                    break
+                offset += len(rows)
+        if ids.all_users_group_uuid(self.deps.cluster_id) in base:
+            local = self.deps.cluster_id + "-"
+            visible.update(u.uuid for u in await self.store.list_users()
+                           if u.is_active and u.uuid.startswith(local))
+        return frozenset(visible)
+
+    async def fetch(self, ctx: Ctx, uuid: str, level: int = READ,
+                    include_trash: bool = False) -> dict[str, Any]:
+        if level <= READ and not ctx.access.is_admin:
+            visible = await self.readable(ctx)
+            if visible is not None and uuid not in visible:
+                raise NotFound(f"user {uuid} not found")
+            return await self.store.get_object(self.kind, uuid)
+        return await super().fetch(ctx, uuid, level, include_trash)
 
     async def _local_copy(self, uuid: str) -> Any:
         try:
