@@ -1086,6 +1086,11 @@ _VOLUME_UUID = re.compile(r"^[a-z0-9]{5}-nyw5e-[a-z0-9]{15}$")
 _SECRET_PARAM = re.compile(r"secret|password|token|accesskey", re.IGNORECASE)
 
 
+# Arvados' Directory driver parameters: Root, and Serialize (one I/O at a
+# time per volume), which arvnode's bounded thread pool makes moot.
+_DIRECTORY_PARAMETERS = frozenset({"Root", "Serialize"})
+
+
 def _volumes(r: _Reader, cluster: _Section) -> dict[str, VolumeConfig]:
     result: dict[str, VolumeConfig] = {}
     for uuid, value, path in r.entries(
@@ -1104,6 +1109,8 @@ def _volumes(r: _Reader, cluster: _Section) -> dict[str, VolumeConfig]:
         if params.data:
             r.consumed.add(params.path)
         if driver == "Directory":
+            for key in sorted(set(params.data) - _DIRECTORY_PARAMETERS):
+                r.warn(params.path + (key,), "not a Directory driver parameter; ignored")
             root = params.data.get("Root")
             if not isinstance(root, str) or not root:
                 got = _show(root) if "Root" in params.data else "nothing"
@@ -1286,6 +1293,35 @@ def config_from_string(text: str, cluster: str | None = None, source: str = "<st
     if r.problems:
         raise ConfigError(r.problems)
     return attrs.evolve(config, unknown_keys=tuple(unknown), warnings=tuple(r.warnings))
+
+
+def startup_problems(config: Config) -> list[str]:
+    """What stops a valid config from starting a node: no InternalURL for
+    the controller or the keepproxy, an https listener without a
+    certificate, a volume whose driver arvnode lacks.
+
+    Not load errors, because tests and tools load partial configs; the
+    twistd plugin and ``arvnode config check`` both refuse these, with
+    the key path, before anything starts.
+    """
+    prefix = f"Clusters.{config.cluster_id}."
+    problems = []
+    services = config.services
+    https = False
+    # (Keepstore URLs may be only upstreams of this node: checked at start.)
+    for name, service in (("Controller", services.controller), ("Keepproxy", services.keepproxy)):
+        if not service.internal_urls:
+            problems.append(f"{prefix}Services.{name}.InternalURLs: got nothing; expected at least "
+                            'one URL to listen on, e.g. {"https://0.0.0.0:8443": {}}')
+        https = https or any(u.scheme == "https" for u in service.internal_urls)
+    if https and not config.tls.certificate:
+        problems.append(f"{prefix}TLS.Certificate: got nothing; expected a certificate file "
+                        "(with TLS.Key), since a Services InternalURL is https")
+    for uuid, volume in sorted(config.volumes.items()):
+        if volume.driver not in ("Directory", "S3") and not volume.access_via_hosts:
+            problems.append(f"{prefix}Volumes.{uuid}.Driver: got {json.dumps(volume.driver)}; "
+                            'expected "Directory" or "S3" (the volume drivers arvnode has)')
+    return problems
 
 
 def load_config(path: str, cluster: str | None = None) -> Config:

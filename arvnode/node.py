@@ -74,11 +74,17 @@ class ThreadPools(Service):
 
 
 class StoreService(Service):
-    def __init__(self, store: Any, config: Config) -> None:
+    def __init__(self, store: Any, config: Config, state_dir: Path | None = None) -> None:
         self.store = store
         self._config = config
+        # With SQLite, the database lives in the state directory: create it
+        # (private to the node's user) rather than fail with SQLite's
+        # "unable to open database file".
+        self._state_dir = state_dir
 
     async def start_async(self) -> None:
+        if self._state_dir is not None:
+            self._state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         await self.store.start()
         await self.store.ensure_system_records(
             system_root_token=self._config.system_root_token,
@@ -245,7 +251,8 @@ def build_node(
         rng=rng,
         max_threads=config.postgresql.connection_pool if config.postgresql.connection else 1,
     )
-    store_service = StoreService(store, config)
+    store_service = StoreService(
+        store, config, state_dir=None if config.postgresql.connection else state_dir)
     store_service.setName("store")
     store_service.setServiceParent(node)
     node.store = store

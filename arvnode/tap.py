@@ -37,7 +37,7 @@ class Options(usage.Options):
     ]
 
     def postOptions(self) -> None:
-        from arvnode.config import ConfigError, load_config
+        from arvnode.config import ConfigError, load_config, startup_problems
 
         if self["config"] and self["data"]:
             _refuse(2, "--config and --data are exclusive: --data selects the embedded default")
@@ -54,6 +54,9 @@ class Options(usage.Options):
             self.loaded = load_config(str(path), self["cluster"])
         except ConfigError as e:
             _refuse(1, f"invalid configuration in {path}:\n" + "\n".join(e.problems))
+        problems = startup_problems(self.loaded)
+        if problems:
+            _refuse(1, f"cannot start a node from {path}:\n" + "\n".join(problems))
 
 
 def _refuse(status: int, message: str) -> None:

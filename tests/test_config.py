@@ -34,9 +34,20 @@ KEY = "s1gn1ngkeys1gn1ngkeys1gn1ngkeys1gn1ng12"
 FULL = FilePath(__file__).sibling("data").child("arvados-full.yml")
 
 
-def cfg(body: str = "", cluster_id: str = "zzzzz", secrets: bool = True) -> str:
+STARTABLE = """\
+Services:
+  Controller: {InternalURLs: {"http://127.0.0.1:0/": {}}}
+  Keepproxy: {InternalURLs: {"http://127.0.0.1:0/": {}}}
+"""
+
+
+def cfg(body: str = "", cluster_id: str = "zzzzz", secrets: bool = True,
+        startable: bool = False) -> str:
     """A config text for one cluster: the two required secrets plus ``body``
-    (YAML indented as if directly under ``Clusters.<id>``)."""
+    (YAML indented as if directly under ``Clusters.<id>``); ``startable``
+    adds the listeners a node needs (see startup_problems)."""
+    if startable:
+        body = STARTABLE + textwrap.dedent(body).strip("\n")
     lines = ["Clusters:", f"  {cluster_id}:"]
     if secrets:
         lines += [f"    SystemRootToken: {ROOT}"]
@@ -856,7 +867,7 @@ class CheckCommandTests(SynchronousTestCase):
         """--data DIR checks DIR/config.yml."""
         data = FilePath(self.mktemp())
         data.makedirs()
-        data.child("config.yml").setContent(cfg(cluster_id="x1234").encode())
+        data.child("config.yml").setContent(cfg(cluster_id="x1234", startable=True).encode())
         code, out, err = self.run_cli("config", "check", "--data", data.path)
         self.assertEqual(code, 0)
         self.assertIn("x1234", yaml.safe_load(out)["Clusters"])
@@ -864,7 +875,7 @@ class CheckCommandTests(SynchronousTestCase):
 
     def test_environment(self) -> None:
         """Without --config, $ARVADOS_CONFIG names the file."""
-        path = self.write(cfg(cluster_id="x5678"))
+        path = self.write(cfg(cluster_id="x5678", startable=True))
         old = os.environ.get("ARVADOS_CONFIG")
         os.environ["ARVADOS_CONFIG"] = path
         self.addCleanup(
@@ -877,7 +888,8 @@ class CheckCommandTests(SynchronousTestCase):
 
     def test_cluster_option(self) -> None:
         """--cluster picks one cluster of several; without it the check fails."""
-        path = self.write(cfg(cluster_id="aaaaa") + cfg(cluster_id="bbbbb").replace("Clusters:\n", ""))
+        path = self.write(cfg(cluster_id="aaaaa", startable=True)
+                          + cfg(cluster_id="bbbbb", startable=True).replace("Clusters:\n", ""))
         code, _, err = self.run_cli("config", "check", "--config", path)
         self.assertEqual(code, 1)
         self.assertIn("aaaaa, bbbbb", err)
@@ -885,9 +897,26 @@ class CheckCommandTests(SynchronousTestCase):
         self.assertEqual(code, 0)
         self.assertEqual(list(yaml.safe_load(out)["Clusters"]), ["bbbbb"])
 
+    def test_startup_problems(self) -> None:
+        """A file that loads but could not start a node (no listener URL, an
+        https listener without a certificate, a volume driver arvnode lacks)
+        fails the check with the key path of each; exit status 1."""
+        path = self.write(cfg("""
+            Services:
+              Controller: {InternalURLs: {"https://127.0.0.1:0/": {}}}
+            Volumes:
+              zzzzz-nyw5e-000000000000000: {Driver: Azure, DriverParameters: {}}
+        """))
+        code, out, err = self.run_cli("config", "check", "--config", path)
+        self.assertEqual(code, 1)
+        self.assertIn("error: Clusters.zzzzz.Services.Keepproxy.InternalURLs: got nothing", err)
+        self.assertIn("error: Clusters.zzzzz.TLS.Certificate: got nothing", err)
+        self.assertIn('error: Clusters.zzzzz.Volumes.zzzzz-nyw5e-000000000000000.Driver: got "Azure"', err)
+        self.assertNotIn("Services.Controller.InternalURLs", err)
+
     def test_warnings(self) -> None:
         """Warnings go to stderr, never with the secret."""
-        path = self.write(cfg("ManagementToken: short1"))
+        path = self.write(cfg("ManagementToken: short1", startable=True))
         code, out, err = self.run_cli("config", "check", "--config", path)
         self.assertEqual(code, 0)
         self.assertIn("warning: Clusters.zzzzz.ManagementToken", err)

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from arvnode.commands._common import add_store_options, load_or_report
-from arvnode.config import mask_secrets
+from arvnode.config import mask_secrets, startup_problems
 
 
 def register(subparsers: Any) -> None:
@@ -37,7 +37,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Check the configuration; 0 if usable, 1 if not."""
+    """Check the configuration; 0 if a node can start from it, 1 if not."""
     path, config = load_or_report(args)
     if config is None:
         return 1
@@ -52,4 +52,7 @@ def run(args: argparse.Namespace) -> int:
         )
     else:
         print("no keys unused by arvnode", file=sys.stderr)
-    return 0
+    problems = startup_problems(config)
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    return 1 if problems else 0

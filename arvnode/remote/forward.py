@@ -12,9 +12,9 @@ the spec says must change (arvados-wire.md §3.4, §3.6, §7.3, §7.4):
   ``If-None-Match`` are dropped; ``X-Request-Id`` is kept; ``Via:
   <proto> arvados-controller`` and ``X-Forwarded-For`` are appended;
 * a request whose ``Via`` already names a controller is never forwarded
-  again: answered **508 Loop Detected** (Arvados would serve it locally; a
-  relay cannot, and 508 names the misconfiguration instead of a confusing
-  404);
+  again. The controller's router (:mod:`arvnode.api.federation`) serves
+  such a request locally, as Arvados does, before it gets here; should one
+  reach the relay anyway it is answered **508 Loop Detected**, never sent;
 * failures name the cluster: unreachable or 5xx → **502**, no answer within
   the deadline → **504**; a remote 4xx is passed through with its body.
 

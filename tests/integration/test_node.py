@@ -193,6 +193,20 @@ class ServiceTreeTests(NodeTestCase):
         self.assertNotEqual(n.controller_port, n.keepproxy_port)
 
 
+class DataDirectoryTests(NodeTestCase):
+    async def test_missing_data_directory_is_created_private(self):
+        """A configured ArvNode.DataDirectory that does not exist yet is
+        created (mode 0700) and holds the SQLite database."""
+        data = Path(self.mktemp()).absolute() / "fresh" / "state"
+        n = await self.startNode(**{"ArvNode.DataDirectory": str(data)})
+        self.assertTrue((data / "arvnode.sqlite").is_file())
+        self.assertEqual(data.stat().st_mode & 0o777, 0o700)
+        r = await self.client.get(n.controller_url + "/_health/ping",
+                                  headers={"Authorization": f"Bearer {n.management_token}"})
+        self.assertEqual(r.code, 200)
+        await r.text()
+
+
 class UnknownKeysTests(NodeTestCase):
     async def test_unused_arvados_keys_reported_once_at_start(self):
         """Keys of a real Arvados config that arvnode does not use are

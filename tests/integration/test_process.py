@@ -142,6 +142,25 @@ class ConfigErrorTests(TestCase):
         self.assertIn(f"Clusters.{cid}.API.RequestTimeout", out)
         self.assertIn("300", out)
 
+    async def test_unstartable_config_stops_start_without_traceback(self):
+        """A config that loads but cannot start a node (here: a volume driver
+        arvnode lacks) exits 1 with the key path, not a traceback."""
+        base = Path(self.mktemp()).absolute()
+        config, _ = make_cluster_config(base)
+        (cid, section), = config["Clusters"].items()
+        (uuid,) = section["Volumes"]
+        section["Volumes"][uuid]["Driver"] = "Azure"
+        path = base / "config.yml"
+        path.write_text(yaml.safe_dump(config))
+        proc = subprocess.run(
+            [venv_bin("twistd"), "--nodaemon", "--pidfile=", "arvnode", "--config", str(path)],
+            cwd=base, env=subprocess_env(), capture_output=True, text=True, timeout=60,
+        )
+        self.assertEqual(proc.returncode, 1, proc.stdout + proc.stderr)
+        out = proc.stdout + proc.stderr
+        self.assertIn(f"Clusters.{cid}.Volumes.{uuid}.Driver", out)
+        self.assertNotIn("Traceback", out)
+
 
 class PluginTests(TestCase):
     timeout = 60
