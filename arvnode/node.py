@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
@@ -31,7 +31,7 @@ from arvnode.auth.tokens import Authenticator
 from arvnode.config import Config
 from arvnode.keep.service import build_keepproxy_site
 from arvnode.keep.keepstore import build_keepstore_site, keepstore_role, mounted_here
-from arvnode.keep.volumes.upstream import build_upstreams
+from arvnode.keep.volumes.upstream import build_upstreams, registered_keepstores
 from arvnode.keep.volumes import build_volume
 from arvnode.remote.client import RemoteClient
 from arvnode.remote.forward import Forwarder
@@ -141,6 +141,9 @@ class Node(OrderedMultiService):
         self._on_fatal = on_fatal
         self._announce = announce
         self._started: Deferred[None] | None = None
+        # Set by build_node: keep_services records of type disk, read at start.
+        self.discover_keepstores: Callable[[], Awaitable[list[Any]]] | None = None
+        self.keep_proxy: Any = None
         self.admin_token: str | None = None
 
     @property
@@ -172,6 +175,13 @@ class Node(OrderedMultiService):
         store_service: StoreService = self.getServiceNamed("store")  # type: ignore[assignment]
         await store_service.start_async()
         volumes: VolumesService = self.getServiceNamed("volumes")  # type: ignore[assignment]
+        if self.discover_keepstores is not None:
+            registered = await self.discover_keepstores()
+            if registered:
+                self.log.info("keepproxy: using {n} registered disk keep service(s): {uuids}",
+                              n=len(registered), uuids=", ".join(v.uuid for v in registered))
+                volumes.volumes.extend(registered)
+                self.keep_proxy.volumes.extend(registered)
         await volumes.start_async()
         if self.embedded_mode:
             self.admin_token = await embedded.ensure_admin_token(store_service.store, self.state_dir)
@@ -197,6 +207,8 @@ class Node(OrderedMultiService):
                 listener.tls.reload()
 
     def stopService(self) -> Deferred[None]:
+        if not self.running:
+            return succeed(None)  # already stopped (a second stop is a no-op)
         Service.stopService(self)
         return Deferred.fromCoroutine(self._stop())
 
@@ -376,6 +388,24 @@ def build_node(
     )
     url = _listen_url(config.services.keepproxy, "Keepproxy")
     keep_site.proxy.remote_keep = node.remote_keep
+    node.keep_proxy = keep_site.proxy
+
+    async def discover_keepstores() -> list[Any]:
+        if own_keepstore is not None:
+            # A keepstore host serves its own volumes; the records of type
+            # disk include itself, and using itself upstream would count one
+            # copy twice.
+            return []
+        return await registered_keepstores(
+            store, exclude={v.uuid for v in volumes + upstreams},
+            reactor=reactor, clock=reactor, token=config.system_root_token,
+            signing_key=config.collections.blob_signing_key,
+            signing_ttl=config.collections.blob_signing_ttl,
+            storage_classes=config.default_storage_classes,
+            tls_policy=client_policy(insecure=config.tls.insecure),
+        )
+
+    node.discover_keepstores = discover_keepstores
     keepproxy = HTTPListener(reactor, host=url.host, port=url.port, site=keep_site,
                              tls=tls_for(url), grace_period=grace)
     keepproxy.setName("keepproxy")

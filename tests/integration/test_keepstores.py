@@ -7,6 +7,7 @@ keepproxy talks to the keepstores over HTTP exactly as it would across a LAN.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 from pathlib import Path
@@ -336,3 +337,42 @@ class OneTruthTests(TestCase):
         # The bound is the TTL; allow for a request in flight on a loaded machine.
         self.assertLess(elapsed, 1.0 + 5.0)
         self.assertTrue(all(c in (200, 403) for c in codes), codes)
+
+
+class RegisteredKeepServiceTests(TestCase):
+    """A gateway with no volumes and no Services.Keepstore uses keepstores that
+    an admin registered as keep_services of type disk (Arvados'
+    ``arv keep_service create --service-type disk``), from its next start."""
+
+    timeout = 120
+
+    async def test_disk_keep_service_becomes_upstream(self) -> None:
+        cluster = Cluster(self)
+        ks = await cluster.keepstore("ks")
+        port = ks.node.getServiceNamed("keepstore").port
+        config, paths = cluster.config("gw")
+        config["Clusters"][cluster.id].pop("Volumes")
+        gw = await start_node(self, config, paths)
+        api = http_client(self, paths["ca"])
+        root = {"Authorization": f"Bearer {cluster.root}", "Content-Type": "application/json"}
+        r = await api.post(f"{gw.controller_url}/arvados/v1/keep_services", headers=root,
+                           data=json.dumps({"service_host": "127.0.0.1", "service_port": port,
+                                            "service_ssl_flag": False, "service_type": "disk"}).encode())
+        record = json.loads(await r.text())
+        self.assertEqual(r.code, 200, record)
+        token = await user_token(gw)
+        client = http_client(self)
+        data = os.urandom(MiB + 3)
+        headers = {"Authorization": f"Bearer {token}"}
+        r = await client.put(f"{gw.keepproxy_url}/{md5(data)}", data=data, headers=headers)
+        self.assertEqual(r.code, 503, "no volume yet: nowhere to write")
+        await r.text()
+
+        await gw.node.stopService()  # restart the gateway on the same state
+        gw2 = await start_node(self, config, paths)
+        r = await client.put(f"{gw2.keepproxy_url}/{md5(data)}", data=data, headers=headers)
+        signed = await r.text()
+        self.assertEqual(r.code, 200, signed)
+        self.assertTrue(block_file(ks, md5(data)).exists())
+        r = await client.get(f"{gw2.keepproxy_url}/{signed.strip()}", headers=headers)
+        self.assertEqual((r.code, await r.content()), (200, data))

@@ -714,3 +714,57 @@ def build_upstreams(
             tls_policy=tls_policy if url.scheme == "https" else None,
         ))
     return out
+
+
+async def registered_keepstores(
+    store: Any,
+    *,
+    exclude: Iterable[str],
+    reactor: Any,
+    clock: IReactorTime,
+    token: str,
+    signing_key: str,
+    signing_ttl: float,
+    storage_classes: Iterable[str],
+    tls_policy: IPolicyForHTTPS | None = None,
+) -> list[UpstreamKeepstore]:
+    """One :class:`UpstreamKeepstore` per ``keep_services`` record of type
+    ``disk`` (what ``arv keep_service create --service-type disk`` registers),
+    skipping the UUIDs in ``exclude`` (those already configured).
+
+    Read when the node starts: a keepstore registered later is used after
+    the next restart. Its UUID, host, port and TLS flag come from the record,
+    so the rendezvous order is the one every client computes from
+    ``keep_services`` (spec §4.7).
+    """
+    from arvnode.store.kinds import KINDS
+    from arvnode.store.query import parse_list_query
+
+    kind = KINDS["keep_services"]
+    skip = set(exclude)
+    classes = tuple(storage_classes)
+    out: list[UpstreamKeepstore] = []
+    offset = 0
+    while True:
+        query = parse_list_query(kind, {
+            "filters": [["service_type", "=", "disk"]], "order": ["uuid"],
+            "limit": 1000, "offset": offset, "count": "none",
+        })
+        rows, _ = await store.list_objects(kind, query, readable=None)
+        for row in rows:
+            if row["uuid"] in skip:
+                continue
+            host = str(row["service_host"])
+            if ":" in host and not host.startswith("["):
+                host = f"[{host}]"  # IPv6 literal
+            https = bool(row.get("service_ssl_flag"))
+            url = f"{'https' if https else 'http'}://{host}:{int(row['service_port'])}/"
+            out.append(UpstreamKeepstore(
+                row["uuid"], url, reactor=reactor, clock=clock, token=token,
+                signing_key=signing_key, signing_ttl=signing_ttl, storage_classes=classes,
+                tls_policy=tls_policy if https else None,
+                read_only=bool(row.get("read_only")),
+            ))
+        if len(rows) < 1000:
+            return out
+        offset += len(rows)
