@@ -44,15 +44,13 @@ import hmac
 import socket
 from typing import Any, Callable, Sequence
 
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError
 from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
-from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET
 
-from arvnode.http.streaming import BodySink, StreamingRequest, StreamingSite, plain_error
+from arvnode.http.streaming import BodySink, StreamingRequest, plain_error
 from arvnode.keep.download import BadReplicas, RelayStats, VerifyingRelay
 from arvnode.keep.locator import (
     EMPTY_BLOCK_HASH,
@@ -79,7 +77,8 @@ from arvnode.keep.upload import (
     shielded,
 )
 from arvnode.keep.volume import IVolume
-from arvnode.keep.wire import CORS_HEADERS, KeepError, format_classes
+from arvnode.keep.handler import HandlerResource, HandlerSite
+from arvnode.keep.wire import CORS_HEADERS, KeepError, format_classes, requested_classes
 from arvnode.web.metrics import NodeMetrics
 
 __all__ = ["Keepstore", "KeepstoreSite", "RoleError", "build_keepstore_site", "keepstore_role"]
@@ -140,7 +139,7 @@ class Keepstore:
         self.upload_stats = UploadStats()
         self.relay_stats = RelayStats()
         self.bad_replicas = BadReplicas()
-        self.resource = KeepstoreResource(self)
+        self.resource = HandlerResource(self, "keepstore")
 
     # -- shared --------------------------------------------------------------
 
@@ -188,7 +187,7 @@ class Keepstore:
             raise KeepError(413, f"Exceeded maximum block size ({MAX_BLOCK_SIZE})")
         if locator.size is not None and locator.size != length:
             raise KeepError(400, "Locator size hint does not match Content-Length header")
-        classes = _requested_classes(request) or list(self._default_classes)
+        classes = requested_classes(request) or list(self._default_classes)
         if not self.budget.try_acquire(length):
             raise KeepError(503, "too many uploads in flight; try again", {"Retry-After": "1"})
         released = []
@@ -441,50 +440,8 @@ def _block_path(path: bytes) -> str | None:
     return text
 
 
-def _requested_classes(request: Any) -> list[str]:
-    out: list[str] = []
-    for raw in request.requestHeaders.getRawHeaders(b"x-keep-storage-classes", []):
-        for part in raw.decode("latin-1").split(","):
-            name = part.strip()
-            if name and name not in out:
-                out.append(name)
-    return out
-
-
-class KeepstoreResource(Resource):
-    """Leaf resource for every keepstore route except streamed PUTs."""
-
-    isLeaf = True
-
-    def __init__(self, keepstore: Keepstore) -> None:
-        super().__init__()
-        self._k = keepstore
-
-    def render(self, request: Any) -> int:
-        d = Deferred.fromCoroutine(self._k.handle(request))
-        request.notifyFinish().addErrback(lambda _: d.cancel())
-        d.addErrback(self._failed, request)
-        return NOT_DONE_YET
-
-    def _failed(self, f: Failure, request: Any) -> None:
-        if f.check(CancelledError) and request._disconnected:
-            return
-        self._k.log.failure("keepstore request failed", f)
-        if request._disconnected or request.finished:
-            return
-        if request.startedWriting:
-            request.channel.transport.abortConnection()
-            return
-        self._k.send_error(request, 500, "internal error")
-
-
-class KeepstoreSite(StreamingSite):
-    """A :class:`StreamingSite` whose own errors carry the keepstore headers."""
-
-    keepstore: Keepstore
-
-    def send_error(self, request: StreamingRequest, code: int, message: str) -> None:
-        self.keepstore.send_error(request, code, message)
+class KeepstoreSite(HandlerSite):
+    """The keepstore API's site (errors carry the keepstore headers)."""
 
 
 async def _ping() -> None:
@@ -541,7 +498,7 @@ def build_keepstore_site(
         health_checks={"ping": _ping},
         idle_timeout=idle_timeout,
     )
-    site.keepstore = keepstore
+    site.handler = site.keepstore = keepstore
     return site
 
 

@@ -36,16 +36,14 @@ from __future__ import annotations
 import hmac
 from typing import Any, Awaitable, Callable, Protocol, Sequence
 
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError
 from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
-from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET
 
 from arvnode.auth.identity import Identity
 from arvnode.http.streaming import BodySink, StreamingRequest, plain_error
+from arvnode.keep.handler import HandlerResource
 from arvnode.keep.download import BadReplicas, RelayStats, VerifyingRelay
 from arvnode.keep.locator import (
     Locator,
@@ -141,7 +139,7 @@ class KeepProxy:
         self.relay_stats = RelayStats()
         self.bad_replicas = BadReplicas()
         self.uploads = Uploads(self)
-        self.resource = KeepResource(self)
+        self.resource = HandlerResource(self, "keepproxy")
         # arvnode.remote.keep.RemoteKeep, set by the node wiring when
         # federation is possible: serves +R<cluster>- locators (spec 5.3).
         self.remote_keep: Any = None
@@ -429,30 +427,3 @@ class KeepProxy:
                 digest=relay.digest,
             )
         self.audit_transfer(request, "get", f"{hash}+{size}", nbytes=relay.bytes_sent, outcome=outcome)
-
-
-class KeepResource(Resource):
-    """Leaf resource for every non-upload keepproxy route."""
-
-    isLeaf = True
-
-    def __init__(self, proxy: KeepProxy) -> None:
-        super().__init__()
-        self._proxy = proxy
-
-    def render(self, request: Any) -> int:
-        d = Deferred.fromCoroutine(self._proxy.handle(request))
-        request.notifyFinish().addErrback(lambda _: d.cancel())
-        d.addErrback(self._failed, request)
-        return NOT_DONE_YET
-
-    def _failed(self, f: Failure, request: Any) -> None:
-        if f.check(CancelledError) and request._disconnected:
-            return
-        self._proxy.log.failure("keepproxy request failed", f)
-        if request._disconnected or request.finished:
-            return
-        if request.startedWriting:
-            request.channel.transport.abortConnection()
-            return
-        self._proxy.send_error(request, 500, "internal error")

@@ -31,7 +31,7 @@ from arvnode.keep.upload import (
     confirmed_classes,
     open_replicas,
 )
-from arvnode.keep.wire import FORBIDDEN, HASH_PATH_RE, KeepError, format_classes
+from arvnode.keep.wire import FORBIDDEN, HASH_PATH_RE, KeepError, format_classes, requested_classes
 
 if TYPE_CHECKING:
     from arvnode.keep.proxy import KeepProxy
@@ -187,13 +187,7 @@ class Uploads:
         return self._p.default_replication
 
     def _requested_classes(self, request: Any) -> list[str]:
-        out: list[str] = []
-        for raw in request.requestHeaders.getRawHeaders(b"x-keep-storage-classes", []):
-            for part in raw.decode("latin-1").split(","):
-                name = part.strip()
-                if name and name not in out:
-                    out.append(name)
-        return out or list(self._p.default_classes)
+        return requested_classes(request) or list(self._p.default_classes)
 
     def _upload_done(
         self,

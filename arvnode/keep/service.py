@@ -13,7 +13,7 @@ from typing import Any, Sequence
 from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
 from twisted.python.threadpool import ThreadPool
 
-from arvnode.http.streaming import StreamingRequest, StreamingSite
+from arvnode.keep.handler import HandlerSite
 from arvnode.keep.proxy import Authenticate, KeepPermission, KeepProxy
 from arvnode.keep.volume import IVolume
 from arvnode.web.metrics import NodeMetrics
@@ -21,14 +21,10 @@ from arvnode.web.metrics import NodeMetrics
 __all__ = ["KeepproxySite", "build_keepproxy_site"]
 
 
-class KeepproxySite(StreamingSite):
-    """A :class:`StreamingSite` whose own errors (oversized bodies on
-    non-upload routes, a failing header hook) carry the keepproxy headers."""
+class KeepproxySite(HandlerSite):
+    """The keepproxy's site (errors carry CORS and ``Via``)."""
 
     proxy: KeepProxy
-
-    def send_error(self, request: StreamingRequest, code: int, message: str) -> None:
-        self.proxy.send_error(request, code, message)
 
 
 async def _ping() -> None:
@@ -100,5 +96,5 @@ def build_keepproxy_site(
         health_checks=checks,
         idle_timeout=idle_timeout,
     )
-    site.proxy = proxy
+    site.handler = site.proxy = proxy
     return site

@@ -17,6 +17,7 @@ __all__ = [
     "KeepError",
     "bearer_token",
     "format_classes",
+    "requested_classes",
 ]
 
 CORS_HEADERS = {
@@ -65,3 +66,15 @@ def format_classes(counts: dict[str, int] | None) -> str:
     if not counts:
         return ""
     return ", ".join(f"{name}={n}" for name, n in sorted(counts.items()))
+
+
+def requested_classes(request: Any) -> list[str]:
+    """The classes of ``X-Keep-Storage-Classes`` (comma separated, possibly
+    in several headers), in order, without blanks or repeats."""
+    out: list[str] = []
+    for raw in request.requestHeaders.getRawHeaders(b"x-keep-storage-classes", []):
+        for part in raw.decode("latin-1").split(","):
+            name = part.strip()
+            if name and name not in out:
+                out.append(name)
+    return out
