@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from typing import Any
+from typing import Any, Sequence
 
-from twisted.internet.defer import Deferred, succeed
+from attrs import define
+
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import (
     IConsumer,
     IDelayedCall,
@@ -31,7 +33,9 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
-from arvnode.keep.volume import IBlockReader
+from arvnode.keep.rendezvous import sort_services
+from arvnode.keep.upload import shielded
+from arvnode.keep.volume import IBlockReader, IVolume
 
 __all__ = ["BadReplicas", "VerifyingRelay", "RelayStats"]
 
@@ -60,6 +64,59 @@ class BadReplicas:
 
     def __len__(self) -> int:
         return len(self._bad)
+
+
+@define
+class Replica:
+    """Where :func:`find_replica` found a block (``reader`` None for HEAD),
+    or, with ``volume`` None, why it did not: the volumes that failed and
+    whether a replica known to be corrupt was skipped."""
+
+    volume: IVolume | None = None
+    size: int = 0
+    reader: Any = None
+    errors: list[str] = []
+    skipped_bad: bool = False
+
+
+async def find_replica(
+    volumes: Sequence[IVolume], hash: str, bad: BadReplicas, *, head: bool, log: Logger,
+) -> Replica:
+    """The first volume, in rendezvous order, that has ``hash``.
+
+    HEAD asks for the size only; GET opens a reader (shielded: should the
+    client leave meanwhile, a late reader is closed rather than leaked).
+    Replicas known to be corrupt are skipped; a volume that fails is logged
+    and passed over. Shared by the keepproxy and the keepstore API.
+    """
+    found = Replica(errors=[])
+    for volume in sort_services(hash, list(volumes), key=lambda v: v.uuid):
+        if (volume.uuid, hash) in bad:
+            found.skipped_bad = True
+            continue
+        try:
+            if head:
+                size = await volume.stat(hash)
+                reader = None
+            else:
+                ok, value = await shielded(
+                    volume.open_read(hash), lambda r: r is not None and r.close()
+                )
+                if not ok:
+                    value.raiseException()
+                reader = value
+                size = None if reader is None else int(reader.size)
+        except CancelledError:
+            raise
+        except Exception as e:
+            log.warn("volume {volume}: reading {hash} failed: {error}",
+                     volume=volume.uuid, hash=hash, error=str(e))
+            found.errors.append(f"{volume.uuid}: {e}")
+            continue
+        if size is not None:
+            found.volume, found.size, found.reader = volume, int(size), reader
+            return found
+    return found
 
 
 class RelayStats:

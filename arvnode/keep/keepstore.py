@@ -51,7 +51,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from arvnode.http.streaming import BodySink, StreamingRequest, plain_error
-from arvnode.keep.download import BadReplicas, RelayStats, VerifyingRelay
+from arvnode.keep.download import BadReplicas, RelayStats, VerifyingRelay, find_replica
 from arvnode.keep.locator import (
     EMPTY_BLOCK_HASH,
     MAX_BLOCK_SIZE,
@@ -74,7 +74,6 @@ from arvnode.keep.upload import (
     abort_quietly,
     confirmed_classes,
     open_replicas,
-    shielded,
 )
 from arvnode.keep.volume import IVolume
 from arvnode.keep.handler import HandlerResource, HandlerSite
@@ -358,33 +357,9 @@ class Keepstore:
             request.setHeader(b"Content-Length", b"0")
             request.finish()
             return
-        errors: list[str] = []
-        skipped_bad = False
-        for volume in sort_services(hash, self.volumes, key=lambda v: v.uuid):
-            if (volume.uuid, hash) in self.bad_replicas:
-                skipped_bad = True
-                continue
-            try:
-                if head:
-                    size = await volume.stat(hash)
-                    reader = None
-                else:
-                    ok, value = await shielded(
-                        volume.open_read(hash), lambda r: r is not None and r.close()
-                    )
-                    if not ok:
-                        value.raiseException()
-                    reader = value
-                    size = None if reader is None else int(reader.size)
-            except CancelledError:
-                raise
-            except Exception as e:
-                self.log.warn("volume {volume}: reading {hash} failed: {error}",
-                              volume=volume.uuid, hash=hash, error=str(e))
-                errors.append(f"{volume.uuid}: {e}")
-                continue
-            if size is None:
-                continue
+        found = await find_replica(self.volumes, hash, self.bad_replicas, head=head, log=self.log)
+        if found.volume is not None:
+            size, reader = found.size, found.reader
             if request.finished or request._disconnected:
                 if reader is not None:
                     reader.close()
@@ -394,8 +369,9 @@ class Keepstore:
             if reader is None:
                 request.finish()
                 return
-            await self._stream(request, volume, reader, hash, size)
+            await self._stream(request, found.volume, reader, hash, size)
             return
+        errors, skipped_bad = found.errors, found.skipped_bad
         if errors:
             raise KeepError(503, "volume unavailable: " + "; ".join(errors))
         if skipped_bad:

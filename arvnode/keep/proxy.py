@@ -44,7 +44,7 @@ from twisted.python.threadpool import ThreadPool
 from arvnode.auth.identity import Identity
 from arvnode.http.streaming import BodySink, StreamingRequest, plain_error
 from arvnode.keep.handler import HandlerResource
-from arvnode.keep.download import BadReplicas, RelayStats, VerifyingRelay
+from arvnode.keep.download import BadReplicas, RelayStats, VerifyingRelay, find_replica
 from arvnode.keep.locator import (
     Locator,
     LocatorError,
@@ -56,9 +56,8 @@ from arvnode.keep.locator import (
     strip_cluster_hints,
     verify_locator,
 )
-from arvnode.keep.rendezvous import sort_services
 from arvnode.keep.put import Uploads
-from arvnode.keep.upload import InflightBudget, UploadStats, shielded
+from arvnode.keep.upload import InflightBudget, UploadStats
 from arvnode.keep.volume import IVolume
 from arvnode.keep.wire import (
     CORS_HEADERS,
@@ -322,39 +321,9 @@ class KeepProxy:
         if self._blob_signing:
             self._check_signature(locator, token)
         hash = locator.hash
-        found_error: list[str] = []
-        skipped_bad = False
-        for volume in sort_services(hash, self.volumes, key=lambda v: v.uuid):
-            if (volume.uuid, hash) in self.bad_replicas:
-                skipped_bad = True
-                continue
-            try:
-                if head:
-                    size = await volume.stat(hash)
-                    reader = None
-                else:
-                    # Shielded: if the client leaves meanwhile, the late
-                    # reader is closed rather than leaking its descriptor.
-                    ok, value = await shielded(
-                        volume.open_read(hash), lambda r: r is not None and r.close()
-                    )
-                    if not ok:
-                        value.raiseException()
-                    reader = value
-                    size = None if reader is None else int(reader.size)
-            except CancelledError:
-                raise
-            except Exception as e:
-                self.log.warn(
-                    "volume {volume}: reading {hash} failed: {error}",
-                    volume=volume.uuid,
-                    hash=hash,
-                    error=str(e),
-                )
-                found_error.append(f"{volume.uuid}: {e}")
-                continue
-            if size is None:
-                continue
+        found = await find_replica(self.volumes, hash, self.bad_replicas, head=head, log=self.log)
+        if found.volume is not None:
+            size, reader = found.size, found.reader
             if request.gone:
                 if reader is not None:
                     reader.close()
@@ -366,8 +335,9 @@ class KeepProxy:
                 request.finish()
                 self.audit_transfer(request, op, f"{hash}+{size}", nbytes=0, outcome="ok")
                 return
-            await self._stream(request, volume, reader, hash, size)
+            await self._stream(request, found.volume, reader, hash, size)
             return
+        found_error, skipped_bad = found.errors, found.skipped_bad
         if found_error:
             raise KeepError(502, f"GET {name} failed: " + "; ".join(found_error))
         if skipped_bad:
