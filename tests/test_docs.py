@@ -4,7 +4,7 @@ Why: an operator follows README.md and docs/*.md literally. A link to a file
 that moved, a heading that was renamed, or a config key in
 docs/configure.md's table that arvnode does not read (a typo, a key
 removed) sends them into the weeds; so does a default in that table that
-differs from the code's. config.py keeps no list of known keys (it records
+differs from the code's. arvnode.config keeps no list of known keys (it records
 what it reads while reading), so a documented key is checked the way an
 operator would meet it: set it in a minimal config and see that the loader
 does not report it as unknown. The table is also checked the other way:
