@@ -142,5 +142,12 @@ class AsyncResource(Resource):
     def _send_error(self, request: Request, err: HTTPError) -> None:
         for name, value in err.headers.items():
             request.setHeader(name.encode(), value.encode())
-        write_json(request, err.status, {"errors": [err.message],
-                                          "error_token": error_token(self.clock, self.rng)})
+        token = error_token(self.clock, self.rng)
+        # The error token is what a user quotes from a client's message: log
+        # it with the request id so the operator can find this answer.
+        # (Messages are what the client is told anyway: never a secret.)
+        log = self.log.warn if err.status >= 500 else self.log.info
+        log("error {status} error_token={error_token} request_id={request_id}: {error}",
+            status=err.status, error_token=token,
+            request_id=getattr(request, "request_id", "") or "-", error=err.message)
+        write_json(request, err.status, {"errors": [err.message], "error_token": token})

@@ -84,6 +84,21 @@ class AsyncResourceTests(SynchronousTestCase):
         self.assertEqual(b["errors"], ["bad filter"])
         self.assertRegex(b["error_token"], r"^\d+\+[0-9a-f]{8}$")
 
+    def test_error_token_is_logged_with_the_message(self):
+        """The error_token a client shows its user appears in the node's log
+        with the status and the message, so an operator can find it."""
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        events: list = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        r = self.make(Failing, HTTPError(404, "collection zzzzz-4zz18-000000000000000 not found"))
+        req = DummyRequest([b""])
+        r.render(req)
+        token = body(req)["error_token"]
+        lines = [formatEvent(e) for e in events]
+        self.assertTrue(any(token in l and "404" in l and "not found" in l for l in lines), lines)
+
     def test_unexpected_exception_is_logged_500(self):
         """Any other exception is a 500 (a bug) and is logged."""
         r = self.make(Failing, ZeroDivisionError("boom"))
