@@ -187,6 +187,19 @@ class KeepproxyOverKeepstoresTests(TestCase):
         for node in self.stores:
             self.assertTrue(block_file(node, md5(data)).exists())
 
+    async def test_three_asked_with_one_keepstore_stopped(self) -> None:
+        """The issue's sequence: with one of the two keepstores stopped, 3
+        replicas asked → 503 with X-Keep-Replicas-Stored: 1 (the one live
+        keepstore's copy, which stays)."""
+        data = os.urandom(4096)
+        stopped, live = self.rendezvous(md5(data))
+        await stopped.node.getServiceNamed("keepstore").stopService()
+        r, body = await self.put(data, 3)
+        self.assertEqual(r.code, 503, body)
+        self.assertEqual(r.headers.getRawHeaders("X-Keep-Replicas-Stored"), ["1"])
+        self.assertTrue(block_file(live, md5(data)).exists())
+        self.assertFalse(block_file(stopped, md5(data)).exists())
+
     async def test_all_keepstores_down(self) -> None:
         """No keepstore reachable: PUT 503 with 0 stored, GET 502 (an upstream
         failure, not a 500 and not a 404)."""
