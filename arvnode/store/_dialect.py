@@ -60,6 +60,20 @@ class Dialect:
         if self.name == "postgresql":
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
 
+    def is_disconnect(self, exc: BaseException) -> bool:
+        """True if ``exc`` says the connection itself is gone (the server
+        restarted or terminated it), not that the statement was wrong."""
+        if isinstance(exc, adbapi.ConnectionLost):
+            return True
+        if self.name != "postgresql":
+            return False
+        import psycopg2
+
+        if isinstance(exc, psycopg2.InterfaceError):
+            return True  # "connection already closed"
+        return isinstance(exc, psycopg2.OperationalError) and getattr(exc, "pgcode", None) in (
+            None, "57P01", "57P02", "57P03")  # no server answer; admin/crash shutdown
+
     def map_error(self, exc: BaseException) -> BaseException:
         """The store exception standing for a driver exception (or ``exc`` itself)."""
         if isinstance(exc, StoreError):

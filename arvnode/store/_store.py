@@ -162,13 +162,25 @@ class Store(ObjectsMixin):
             dialect.begin(txn, write=write)
             return fn(cur)
 
-        try:
-            return await self._pool.runInteraction(interaction)  # type: ignore[no-any-return]
-        except Exception as e:
-            mapped = dialect.map_error(e)
-            if mapped is e:
-                raise
-            raise mapped from e
+        # A database restart kills every pooled connection; adbapi drops a
+        # dead one only when a request fails on it. A read is retried (on a
+        # fresh connection) so a restart costs clients nothing; a write is
+        # not, since its commit may have happened before the connection died
+        # (the client gets 503 and retries, as Arvados clients do).
+        attempts = 1 if write else min(self._pool.max + 1, 3)
+        for attempt in range(attempts):
+            try:
+                return await self._pool.runInteraction(interaction)  # type: ignore[no-any-return]
+            except Exception as e:
+                if attempt + 1 < attempts and dialect.is_disconnect(e) and not self._stopped:
+                    self.log.info("store ({engine}): connection lost ({error}); retrying the read",
+                                  engine=self.engine, error=dialect.map_error(e))
+                    continue
+                mapped = dialect.map_error(e)
+                if mapped is e:
+                    raise
+                raise mapped from e
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def start(self) -> None:
         """Start the worker threads and bring the schema up to date."""

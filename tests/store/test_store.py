@@ -417,18 +417,12 @@ class OpenStoreTests(TestCase):
 
 
 class PostgreSQLReconnectTests(PostgreSQLEngine, StoreFactoryMixin, TestCase):
-    """Losing the server connection is an outage, not a permanent failure."""
+    """Losing the server connection (a restart, an admin's terminate) is an
+    outage, not a permanent failure; reads do not even notice it."""
 
-    async def test_reconnects(self) -> None:
-        """A killed connection fails one call with StoreUnavailable; the next call reconnects.
-
-        (One connection, so "the next call" lands on the same one: adbapi
-        finds each dead pooled connection by failing one call on it.)
-        """
+    def kill_connections(self) -> None:
         import psycopg2
 
-        store = await self.started(max_threads=1)
-        await store.ping()
         admin = psycopg2.connect(dbname="postgres", connect_timeout=3, **pgfixture.server_settings())
         admin.autocommit = True
         try:
@@ -440,7 +434,29 @@ class PostgreSQLReconnectTests(PostgreSQLEngine, StoreFactoryMixin, TestCase):
                 )
         finally:
             admin.close()
-        with self.assertRaises(StoreUnavailable):
-            await store.ping()
+
+    async def test_read_after_killed_connections_succeeds(self) -> None:
+        """Every pooled connection killed: the next reads (a token lookup is
+        one on every request) are retried on fresh connections and succeed."""
+        store = await self.started(max_threads=2)
+        user = await store.create_user(email="r@example.com")
         await store.ping()
-        self.flushLoggedErrors()  # adbapi logs the failed rollback of the dead connection
+        self.kill_connections()
+        for _ in range(3):
+            self.assertEqual((await store.get_user(user.uuid)).email, "r@example.com")
+        self.flushLoggedErrors()  # adbapi logs the failed rollback of each dead connection
+
+    async def test_write_on_killed_connection_fails_once(self) -> None:
+        """A write is not retried (its commit may have happened): it fails
+        with StoreUnavailable (a 503 the client retries); the next reconnects.
+
+        (One connection, so "the next call" lands on the same one.)
+        """
+        store = await self.started(max_threads=1)
+        await store.ping()
+        self.kill_connections()
+        with self.assertRaises(StoreUnavailable):
+            await store.create_user(email="w@example.com")
+        user = await store.create_user(email="w2@example.com")
+        self.assertEqual((await store.get_user(user.uuid)).email, "w2@example.com")
+        self.flushLoggedErrors()
