@@ -135,7 +135,7 @@ class RequestIdAndLogTests(NodeTestCase):
         await r.text()
         lines = [formatEvent(e) for e in events]
         self.assertFalse([l for l in lines if secret in l], "token secret in the log")
-        access = [l for l in lines if "req-logtest" in l]
+        access = [l for l in lines if "req-logtest" in l and l.startswith("controller ")]
         self.assertEqual(len(access), 1, lines)
         self.assertIn("GET /arvados/v1/collections?limit=1 401", access[0])
         self.assertIn("controller", access[0])
