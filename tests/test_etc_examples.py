@@ -37,7 +37,10 @@ def role_on(config: Config, addresses: set[str]) -> tuple[str | None, list[str],
 
 class ExamplesTests(SynchronousTestCase):
     def test_every_example_loads_cleanly(self) -> None:
-        """Each file loads with no unknown keys and no warnings."""
+        """Each file (here and in etc/*/) loads with no unknown keys and no
+        warnings, and a node could start from it (startup_problems)."""
+        from arvnode.config import load_config, startup_problems
+
         names = sorted(p.name for p in ETC.glob("*.yml"))
         for name in ("single-node.yml", "gateway-keepstores.yml",
                      "scale-out-postgresql-s3.yml", "federation.yml"):
@@ -46,6 +49,9 @@ class ExamplesTests(SynchronousTestCase):
             config = load(name)
             self.assertEqual(config.unknown_keys, (), name)
             self.assertEqual(config.warnings, (), name)
+            self.assertEqual(startup_problems(config), [], name)
+        for path in sorted(ETC.glob("*/*.yml")):
+            self.assertEqual(startup_problems(load_config(str(path))), [], path)
 
     def test_single_node(self) -> None:
         c = load("single-node.yml")
