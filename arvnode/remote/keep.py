@@ -11,9 +11,11 @@ a remote that sends wrong data makes the connection abort, it never looks
 like a complete block.
 
 With ``X-Keep-Signature: local`` (what the SDK sends when saving a
-collection made of remote blocks) the block is read whole (at most 64 MiB),
-checked, written to a local volume, and the answer carries
-``X-Keep-Locator`` signed here for the client's token.
+collection made of remote blocks) the block is streamed into a local
+volume's writer one batch at a time (the remote connection paused while a
+batch is hashed and written), committed only if its md5 and size match,
+and then served from that local copy; the answer carries ``X-Keep-Locator``
+signed here for the client's token.
 
 Differences from keepstore, on purpose: a v1 token is not refused (400)
 but its v2 form is salted, which is what our controller salted when it
@@ -28,6 +30,7 @@ from attrs import frozen
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IConsumer, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
@@ -46,7 +49,6 @@ from arvnode.remote.client import RemoteClient, RemoteError, RemoteHTTPError, Re
 __all__ = ["KeepService", "RemoteBlockReader", "RemoteKeep"]
 
 ACCESSIBLE_PATH = "/arvados/v1/keep_services/accessible"
-_WRITE_CHUNK = 4 * 1024 * 1024
 
 
 @frozen
@@ -73,10 +75,12 @@ class RemoteBlockReader:
 
     def produce(self, consumer: IConsumer) -> Deferred[None]:
         self._consumer = consumer
-        self._done = Deferred()
+        done: Deferred[None] = Deferred()
+        self._done = done
         consumer.registerProducer(self, True)
+        # A short body may be delivered, and end, inside deliverBody.
         self._response.deliverBody(_BodyProtocol(self))
-        return self._done
+        return done
 
     def close(self) -> None:
         if self._transport is not None:
@@ -314,16 +318,20 @@ class RemoteKeep:
             return
         name = f"{locator.hash}+{size}"
         if wants_local:
-            data = await self._read_whole(locator, response, size)
-            await self._store_local(proxy, locator.hash, data)
+            volume = await self._copy_local(proxy, locator, response, size)
             proxy._sign_header(request, locator, token, size)
+            if head:
+                request.setResponseCode(200)
+                request.setHeader(b"Content-Length", str(size).encode())
+                request.finish()
+                proxy.audit_transfer(request, "head", name, nbytes=0, outcome="ok-remote-copied")
+                return
+            reader = await volume.open_read(locator.hash)
+            if reader is None:
+                raise KeepError(503, f"the local copy of {name} vanished from {volume.uuid}")
             request.setResponseCode(200)
             request.setHeader(b"Content-Length", str(size).encode())
-            if not head:
-                request.write(data)
-            request.finish()
-            proxy.audit_transfer(request, "head" if head else "get", name, nbytes=0 if head else size,
-                                 outcome="ok-remote-copied")
+            await proxy._stream(request, volume, reader, locator.hash, size)
             return
         request.setResponseCode(200)
         request.setHeader(b"Content-Length", str(size).encode())
@@ -349,37 +357,111 @@ class RemoteKeep:
             )
         proxy.audit_transfer(request, "get", name, nbytes=relay.bytes_sent, outcome=f"{outcome}-remote")
 
-    async def _read_whole(self, locator: Locator, response: Any, size: int) -> bytes:
+    async def _copy_local(self, proxy: Any, locator: Locator, response: Any, size: int) -> Any:
+        """Stream the remote block into the first local writable volume (in
+        rendezvous order) that opens a writer; commit it only if its md5 and
+        size match the locator. The remote body can be read once, so a
+        failure after the first byte is a 503 (the client retries)."""
         cluster = locator.remote[0] if locator.remote else "?"
-        try:
-            data = await self._client.read_body(cluster, response, timeout=self._timeout)
-        except RemoteTimeout as e:
-            raise KeepError(504, e.message) from e
-        except RemoteError as e:
-            raise KeepError(502, e.message) from e
-        if len(data) != size or hashlib.md5(data).hexdigest() != locator.hash:
-            raise KeepError(502, f"remote cluster {cluster} sent data that does not match {locator.hash}")
-        return data
-
-    async def _store_local(self, proxy: Any, hash: str, data: bytes) -> None:
         writable = [v for v in proxy.volumes if not v.read_only]
-        errors = []
-        for volume in sort_services(hash, writable, key=lambda v: v.uuid):
-            writer = None
+        errors: list[str] = []
+        for volume in sort_services(locator.hash, writable, key=lambda v: v.uuid):
             try:
-                writer = await volume.open_write(hash, len(data))
-                for start in range(0, len(data), _WRITE_CHUNK):
-                    await writer.write(data[start:start + _WRITE_CHUNK])
-                await writer.commit()
-                return
+                writer = await volume.open_write(locator.hash, size)
             except Exception as e:
                 errors.append(f"{volume.uuid}: {e}")
-                if writer is not None:
-                    try:
-                        await writer.abort()
-                    except Exception:
-                        pass
+                continue
+            copier = _CopyToWriter(writer, proxy.reactor, proxy.hash_pool, proxy.batch_size)
+            try:
+                await RemoteBlockReader(response, size).produce(copier)
+                digest, received = await copier.finish()
+            except Exception as e:
+                await _abort_quietly(writer)
+                if isinstance(e, KeepError):
+                    raise
+                raise KeepError(502, f"remote cluster {cluster}: reading {locator.hash} broke: {e}") from e
+            if received != size or digest != locator.hash:
+                await _abort_quietly(writer)
+                raise KeepError(502, f"remote cluster {cluster} sent data that does not match {locator.hash}")
+            try:
+                await writer.commit()
+            except Exception as e:
+                await _abort_quietly(writer)
+                raise KeepError(503, f"could not store a local copy on {volume.uuid}: {e}") from e
+            return volume
+        _discard(response)
         raise KeepError(503, "could not store a local copy: " + ("; ".join(errors) or "no writable volume"))
+
+
+@implementer(IConsumer)
+class _CopyToWriter:
+    """Consumer of a remote block body feeding one local writer: bytes are
+    gathered into a batch of at most ``batch_size``; a full batch pauses the
+    remote, is hashed on the hash pool and written, then the remote resumes.
+    Memory stays at one batch whatever the block size."""
+
+    def __init__(self, writer: Any, reactor: Any, hash_pool: Any, batch_size: int) -> None:
+        self._writer = writer
+        self._reactor = reactor
+        self._pool = hash_pool
+        self._batch_size = batch_size
+        self._md5 = hashlib.md5()
+        self._batch: list[bytes] = []
+        self._batch_len = 0
+        self._received = 0
+        self._producer: Any = None
+        self._flushing: Deferred[None] | None = None
+        self._failure: Failure | None = None
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self._producer = producer
+
+    def unregisterProducer(self) -> None:
+        self._producer = None
+
+    def write(self, data: bytes) -> None:
+        self._received += len(data)
+        self._batch.append(data)
+        self._batch_len += len(data)
+        if self._batch_len >= self._batch_size and self._flushing is None:
+            if self._producer is not None:
+                self._producer.pauseProducing()
+            self._flushing = Deferred.fromCoroutine(self._flush())
+            self._flushing.addBoth(self._flushed)
+
+    async def _flush(self) -> None:
+        batch = b"".join(self._batch)
+        self._batch, self._batch_len = [], 0
+        # Ordered: one flush at a time, and the remote is paused meanwhile.
+        await deferToThreadPool(self._reactor, self._pool, self._md5.update, batch)
+        await self._writer.write(batch)
+
+    def _flushed(self, result: Any) -> None:
+        self._flushing = None
+        if isinstance(result, Failure):
+            self._failure = result
+            if self._producer is not None:
+                self._producer.stopProducing()
+            return
+        if self._producer is not None:
+            self._producer.resumeProducing()
+
+    async def finish(self) -> tuple[str, int]:
+        """After the body ended: flush the rest; (md5 hex, bytes received)."""
+        while self._flushing is not None:
+            await self._flushing
+        if self._failure is not None:
+            self._failure.raiseException()
+        if self._batch:
+            await self._flush()
+        return self._md5.hexdigest(), self._received
+
+
+async def _abort_quietly(writer: Any) -> None:
+    try:
+        await writer.abort()
+    except Exception:
+        pass
 
 
 def _wants_local_copy(request: Any) -> bool:

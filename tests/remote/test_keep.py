@@ -97,7 +97,7 @@ class RemoteKeepTests(TestCase):
         signed locator that works with the remote gone."""
         data = b"copy me home" * 1000
         response = await self.get(self.put_remote(data), headers={"X-Keep-Signature": "local, 2026-01-01T00:00:00Z"})
-        self.assertEqual(response.status, 200)
+        self.assertEqual(response.status, 200, response.body)
         self.assertEqual(response.body, data)
         local_locator = response.header("x-keep-locator")
         self.assertRegex(local_locator, rf"^{hashlib.md5(data).hexdigest()}\+{len(data)}\+A[0-9a-f]{{40}}@[0-9a-f]{{8}}$")
@@ -106,6 +106,17 @@ class RemoteKeepTests(TestCase):
         again = await self.get(local_locator)
         self.assertEqual(again.status, 200)
         self.assertEqual(again.body, data)
+
+    async def test_local_copy_of_a_large_block_streams_in_batches(self) -> None:
+        """A block of several batches is copied batch by batch (never whole
+        in memory) and read back identical from the local copy."""
+        import os
+
+        data = os.urandom(3 * self.local.proxy.batch_size + 12345)
+        response = await self.get(self.put_remote(data), headers={"X-Keep-Signature": "local"})
+        self.assertEqual(response.status, 200, response.body[:200])
+        self.assertEqual(response.body, data)
+        self.assertTrue(self.local.volumes[0].has_block(hashlib.md5(data).hexdigest()))
 
     async def test_missing_block_404(self) -> None:
         data = b"never stored"
