@@ -23,7 +23,6 @@ import json
 from typing import Any, Mapping
 from urllib.parse import urlencode
 
-import treq
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectError, ConnectingCancelledError, DNSLookupError
 from twisted.internet.interfaces import IReactorTime
@@ -31,6 +30,7 @@ from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, Resp
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer, IResponse
 
+from arvnode.http.bodies import read_bounded
 from arvnode.tls import client_policy
 
 __all__ = [
@@ -42,6 +42,12 @@ __all__ = [
     "UnknownRemote",
     "remote_errors",
 ]
+
+
+#: The largest document (JSON answer, error text) read whole from another
+#: cluster: Arvados' default API.MaxRequestSize, so any record a cluster
+#: accepts (a large collection's manifest) can come back.
+DOCUMENT_LIMIT = 128 << 20
 
 
 class RemoteError(Exception):
@@ -225,7 +231,7 @@ class RemoteClient:
         """Send a request; return the response once its headers arrived.
 
         The body is left unread (stream it with ``deliverBody`` or read it
-        with :func:`treq.content`). Transport failures become
+        with :meth:`read_body`). Transport failures become
         :class:`RemoteUnreachable`, the deadline :class:`RemoteTimeout`;
         any status is returned as is. Cancelling the returned coroutine's
         Deferred cancels the request.
@@ -275,10 +281,20 @@ class RemoteClient:
             if timer is not None and timer.active():
                 timer.cancel()
 
-    async def read_body(self, cluster: str, response: IResponse, *, timeout: float | None = None) -> bytes:
-        """The whole body of a (small) response, under the deadline."""
+    async def read_body(
+        self, cluster: str, response: IResponse, *, timeout: float | None = None,
+        limit: int = DOCUMENT_LIMIT,
+    ) -> bytes:
+        """The whole body of a document response (JSON, an error), under the
+        deadline and at most ``limit`` bytes: a larger answer is refused
+        (:class:`RemoteUnreachable`, so 502) rather than held in memory.
+        Block data never comes through here; it is streamed."""
         seconds = self.timeout if timeout is None else timeout
-        return await self._deadline(cluster, treq.content(response), seconds)  # type: ignore[no-any-return]
+        collector, done = read_bounded(response, limit)
+        body: bytes = await self._deadline(cluster, done, seconds)
+        if collector.truncated:
+            raise RemoteUnreachable(cluster, f"answer larger than {limit} bytes")
+        return body
 
     async def get_json(
         self,

@@ -75,3 +75,18 @@ class RequestTests(TestCase):
         clock.advance(5)
         e = await self.assertFailure(d, RemoteTimeout)
         self.assertIsInstance(e, RemoteUnreachable)  # callers may treat both alike
+
+    async def test_oversized_document_refused(self) -> None:
+        """A remote answer larger than the document limit is refused (502
+        material), not held in memory; one within it is read whole."""
+        fake = await start_fake_cluster(self, "zbbbb")
+        c = RemoteClient(reactor=reactor, clock=reactor, local_cluster="zzzzz",
+                         remotes={"zbbbb": fake.remote_entry()}, ca_file=str(fake.ca), timeout=30)
+        self.addCleanup(lambda: Deferred.fromCoroutine(c.close()))
+        fake.echo_status, fake.echo_body = 200, b"x" * 300_000
+        response = await c.request("zbbbb", "GET", "/big")
+        e = await self.assertFailure(
+            Deferred.fromCoroutine(c.read_body("zbbbb", response, limit=100_000)), RemoteUnreachable)
+        self.assertIn("larger than 100000 bytes", e.message)
+        response = await c.request("zbbbb", "GET", "/big")
+        self.assertEqual(len(await c.read_body("zbbbb", response, limit=300_000)), 300_000)

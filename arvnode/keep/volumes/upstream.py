@@ -60,6 +60,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer, IPolicyForHTTPS, IResponse, UNKNOWN_LENGTH
 from zope.interface import implementer
 
+from arvnode.http.bodies import BoundedBody, read_bounded
 from arvnode.keep.locator import sign_locator
 from arvnode.keep.volume import IBlockReader, IBlockWriter, IVolume, VolumeError, VolumeFull
 
@@ -75,39 +76,8 @@ def _error_text(body: bytes) -> str:
     return body.decode("utf-8", "replace").strip()[:200]
 
 
-class _Collect(Protocol):
-    """Read a body into memory, up to ``limit`` bytes (then drop the connection)."""
-
-    def __init__(self, limit: int) -> None:
-        self._limit = limit
-        self._chunks: list[bytes] = []
-        self._size = 0
-        self.truncated = False
-        self.done: Deferred[bytes] = Deferred()
-
-    def dataReceived(self, data: bytes) -> None:
-        if self.truncated:
-            return
-        self._size += len(data)
-        if self._size > self._limit:
-            self.truncated = True
-            self.transport.stopProducing()  # type: ignore[union-attr]
-            return
-        self._chunks.append(data)
-
-    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
-        if self.done.called:
-            return
-        if self.truncated or reason.check(ResponseDone):
-            self.done.callback(b"".join(self._chunks))
-        else:
-            self.done.errback(reason)
-
-
 def _read_body(response: IResponse, limit: int) -> "Deferred[bytes]":
-    proto = _Collect(limit)
-    response.deliverBody(proto)
-    return proto.done
+    return read_bounded(response, limit)[1]
 
 
 @implementer(IBodyProducer, IPushProducer)
@@ -595,7 +565,7 @@ class UpstreamKeepstore:
             raise self._refused("GET", hash, response, await self._error_body(response))
         length = response.length
         if length is UNKNOWN_LENGTH:
-            response.deliverBody(_Collect(0))  # drop it
+            response.deliverBody(BoundedBody(0))  # drop it
             raise VolumeError(f"{self.name}: GET {hash}: answer without Content-Length")
         return UpstreamReader(self, hash, response, int(length))
 
@@ -606,7 +576,7 @@ class UpstreamKeepstore:
         response = await self._request(b"GET", f"/index/{prefix}")
         if response.code != 200:
             raise self._refused("GET", "/index", response, await self._error_body(response))
-        collect = _Collect(INDEX_LIMIT)
+        collect = BoundedBody(INDEX_LIMIT)
         response.deliverBody(collect)
         body = await collect.done
         if collect.truncated:
