@@ -158,6 +158,7 @@ class VerifyingRelay:
         stats: RelayStats,
     ) -> None:
         self._request = request
+        self.outcome = ""  # what run() returned, once it has
         self._expected = expected_hash
         self._size = size
         self._reactor = reactor
@@ -345,3 +346,32 @@ class VerifyingRelay:
         channel = self._request.channel
         if channel is not None and channel.transport is not None:
             channel.transport.abortConnection()
+
+
+async def relay_replica(
+    server: Any, request: Any, volume: IVolume, reader: Any, hash: str, size: int,
+) -> VerifyingRelay:
+    """Stream a stored replica to ``request`` through a :class:`VerifyingRelay`.
+
+    ``server`` is the keepproxy or the keepstore API (both have ``reactor``,
+    ``clock``, ``hash_pool``, ``batch_size``, ``idle_timeout``,
+    ``relay_stats``, ``metrics``, ``bad_replicas`` and ``log``). A replica
+    found corrupt on the way is counted, logged and avoided from then on;
+    the relay has already aborted the client's connection.
+    """
+    relay = VerifyingRelay(
+        request, expected_hash=hash, size=size, reactor=server.reactor, clock=server.clock,
+        hash_pool=server.hash_pool, batch_size=server.batch_size,
+        stall_timeout=server.idle_timeout, stats=server.relay_stats,
+    )
+    relay.outcome = await relay.run(reader)
+    server.metrics.bytes.labels(direction="out").inc(relay.bytes_sent)
+    if relay.outcome == "corrupt":
+        server.bad_replicas.add(volume.uuid, hash)
+        server.metrics.corrupt_blocks.labels(volume=volume.uuid).inc()
+        server.log.error(
+            "volume {volume}: stored block {hash} is corrupt (read {read} bytes, md5 {digest});"
+            " connection aborted, replica avoided from now on",
+            volume=volume.uuid, hash=hash, read=relay.bytes_read, digest=relay.digest,
+        )
+    return relay

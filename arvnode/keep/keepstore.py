@@ -51,7 +51,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from arvnode.http.streaming import BodySink, StreamingRequest, plain_error
-from arvnode.keep.download import BadReplicas, RelayStats, VerifyingRelay, find_replica
+from arvnode.keep.download import BadReplicas, RelayStats, find_replica, relay_replica
 from arvnode.keep.locator import (
     EMPTY_BLOCK_HASH,
     MAX_BLOCK_SIZE,
@@ -123,7 +123,7 @@ class Keepstore:
         idle_timeout: float,
     ) -> None:
         self.reactor = reactor
-        self._clock = clock
+        self.clock = clock
         self.volumes = list(volumes)
         self.signing_key = signing_key
         self.signing_ttl = signing_ttl
@@ -134,7 +134,7 @@ class Keepstore:
         self.hash_pool = hash_pool
         self.batch_size = max(64 * 1024, upload_window // 2)
         self.budget = InflightBudget(max_inflight_bytes)
-        self._idle_timeout = idle_timeout
+        self.idle_timeout = idle_timeout
         self.upload_stats = UploadStats()
         self.relay_stats = RelayStats()
         self.bad_replicas = BadReplicas()
@@ -152,7 +152,7 @@ class Keepstore:
         plain_error(request, code, message)
 
     def _now(self) -> float:
-        return self._clock.seconds()
+        return self.clock.seconds()
 
     # -- PUT (header time) ---------------------------------------------------
 
@@ -379,26 +379,7 @@ class Keepstore:
         raise KeepError(404, "Not Found")
 
     async def _stream(self, request: Any, volume: IVolume, reader: Any, hash: str, size: int) -> None:
-        relay = VerifyingRelay(
-            request,
-            expected_hash=hash,
-            size=size,
-            reactor=self.reactor,
-            clock=self._clock,
-            hash_pool=self.hash_pool,
-            batch_size=self.batch_size,
-            stall_timeout=self._idle_timeout,
-            stats=self.relay_stats,
-        )
-        outcome = await relay.run(reader)
-        self.metrics.bytes.labels(direction="out").inc(relay.bytes_sent)
-        if outcome == "corrupt":
-            self.bad_replicas.add(volume.uuid, hash)
-            self.metrics.corrupt_blocks.labels(volume=volume.uuid).inc()
-            self.log.error(
-                "volume {volume}: stored block {hash} is corrupt; connection aborted,"
-                " replica avoided from now on", volume=volume.uuid, hash=hash,
-            )
+        await relay_replica(self, request, volume, reader, hash, size)
 
 
 def _block_path(path: bytes) -> str | None:

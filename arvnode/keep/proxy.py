@@ -44,7 +44,7 @@ from twisted.python.threadpool import ThreadPool
 from arvnode.auth.identity import Identity
 from arvnode.http.streaming import BodySink, StreamingRequest, plain_error
 from arvnode.keep.handler import HandlerResource
-from arvnode.keep.download import BadReplicas, RelayStats, VerifyingRelay, find_replica
+from arvnode.keep.download import BadReplicas, RelayStats, find_replica, relay_replica
 from arvnode.keep.locator import (
     Locator,
     LocatorError,
@@ -115,7 +115,7 @@ class KeepProxy:
         # would replace the namespace with the class name.
         self.audit = Logger(namespace="arvnode.keep.audit")
         self.reactor = reactor
-        self._clock = clock
+        self.clock = clock
         self._authenticate = authenticate
         self.volumes = list(volumes)
         self.signing_key = signing_key
@@ -133,7 +133,7 @@ class KeepProxy:
         # one filling up.
         self.batch_size = max(64 * 1024, upload_window // 2)
         self.budget = InflightBudget(max_inflight_bytes)
-        self._idle_timeout = idle_timeout
+        self.idle_timeout = idle_timeout
         self.upload_stats = UploadStats()
         self.relay_stats = RelayStats()
         self.bad_replicas = BadReplicas()
@@ -171,7 +171,7 @@ class KeepProxy:
                 raise KeepError(508, "loop detected")
 
     def now(self) -> float:
-        return self._clock.seconds()
+        return self.clock.seconds()
 
     async def identify(self, request: Any) -> tuple[str, Identity]:
         token = bearer_token(request)
@@ -369,31 +369,7 @@ class KeepProxy:
         signed = sign_locator(f"{locator.hash}+{size}", token, self.signing_key, self.signing_ttl, self.now())
         request.setHeader(b"X-Keep-Locator", signed.encode())
 
-    async def _stream(
-        self, request: Any, volume: IVolume, reader: Any, hash: str, size: int
-    ) -> None:
-        relay = VerifyingRelay(
-            request,
-            expected_hash=hash,
-            size=size,
-            reactor=self.reactor,
-            clock=self._clock,
-            hash_pool=self.hash_pool,
-            batch_size=self.batch_size,
-            stall_timeout=self._idle_timeout,
-            stats=self.relay_stats,
-        )
-        outcome = await relay.run(reader)
-        self.metrics.bytes.labels(direction="out").inc(relay.bytes_sent)
-        if outcome == "corrupt":
-            self.bad_replicas.add(volume.uuid, hash)
-            self.metrics.corrupt_blocks.labels(volume=volume.uuid).inc()
-            self.log.error(
-                "volume {volume}: stored block {hash} is corrupt (read {read} bytes,"
-                " md5 {digest}); connection aborted, replica avoided from now on",
-                volume=volume.uuid,
-                hash=hash,
-                read=relay.bytes_read,
-                digest=relay.digest,
-            )
-        self.audit_transfer(request, "get", f"{hash}+{size}", nbytes=relay.bytes_sent, outcome=outcome)
+    async def _stream(self, request: Any, volume: IVolume, reader: Any, hash: str, size: int) -> None:
+        relay = await relay_replica(self, request, volume, reader, hash, size)
+        self.audit_transfer(request, "get", f"{hash}+{size}", nbytes=relay.bytes_sent,
+                            outcome=relay.outcome)

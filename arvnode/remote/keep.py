@@ -343,8 +343,8 @@ class RemoteKeep:
 
         relay = VerifyingRelay(
             request, expected_hash=locator.hash, size=size, reactor=proxy.reactor,
-            clock=proxy._clock, hash_pool=proxy.hash_pool, batch_size=proxy.batch_size,
-            stall_timeout=proxy._idle_timeout, stats=proxy.relay_stats,
+            clock=proxy.clock, hash_pool=proxy.hash_pool, batch_size=proxy.batch_size,
+            stall_timeout=proxy.idle_timeout, stats=proxy.relay_stats,
         )
         outcome = await relay.run(RemoteBlockReader(response, size))
         proxy.metrics.bytes.labels(direction="out").inc(relay.bytes_sent)
