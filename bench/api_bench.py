@@ -40,7 +40,6 @@ import http.client
 import json
 import multiprocessing as mp
 import os
-import signal
 import ssl
 import statistics
 import subprocess
@@ -51,6 +50,8 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
+
+from benchlib import stop, write_results  # noqa: E402
 
 
 def _ssl_context(cacert: str | None) -> ssl.SSLContext:
@@ -239,17 +240,9 @@ def main() -> None:
             "node": "subprocess (embedded default, SQLite)" if proc else host,
             "rows": rows,
         }
-        Path(args.results).mkdir(parents=True, exist_ok=True)
-        out = Path(args.results) / f"api-{time.strftime('%Y%m%dT%H%M%S')}.json"
-        out.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"written {out}")
+        print(f"written {write_results(args.results, 'api', report)}")
     finally:
-        if proc is not None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop(proc)
         if tmp is not None:
             tmp.cleanup()
 

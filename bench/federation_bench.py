@@ -34,7 +34,6 @@ import argparse
 import json
 import os
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -52,16 +51,9 @@ REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
 from tests.helpers import make_cluster_config  # noqa: E402
+from benchlib import free_port  # noqa: E402
 
 A, B = "zaaaa", "zbbbb"
-
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def start(work: Path, cid: str, config: dict[str, Any]) -> subprocess.Popen[bytes]:

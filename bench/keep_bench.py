@@ -40,7 +40,6 @@ import json
 import multiprocessing as mp
 import os
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -56,42 +55,13 @@ BLOCK = 64 * MiB
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 
+from benchlib import free_port, md5_rate, node_env, proc_cpu, stop, wait_port  # noqa: E402
+
 
 # -- md5 -------------------------------------------------------------------------
 
 
-def md5_rate(data: memoryview, chunk: int = 64 * 1024, passes: int = 3) -> float:
-    """Bytes/s of one hashlib.md5 over ``data`` in ``chunk`` updates (median of ``passes``)."""
-    rates = []
-    for _ in range(passes):
-        h = hashlib.md5()
-        t0 = time.perf_counter()
-        for off in range(0, len(data), chunk):
-            h.update(data[off : off + chunk])
-        rates.append(len(data) / (time.perf_counter() - t0))
-    return statistics.median(rates)
-
-
 # -- processes ---------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, proc: subprocess.Popen[bytes], what: str, log: Path, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"{what} exited with {proc.returncode}; see {log}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit(f"{what} did not listen on {port} within {timeout}s; see {log}")
 
 
 def proc_status(pid: int) -> dict[str, int]:
@@ -103,21 +73,6 @@ def proc_status(pid: int) -> dict[str, int]:
             if key in ("VmRSS", "VmHWM"):
                 out[key] = int(value.split()[0]) * 1024
     return out
-
-
-def proc_cpu(pid: int, task: int | None = None) -> float:
-    """utime+stime of ``pid`` (or of its thread ``task``) in seconds."""
-    path = f"/proc/{pid}/task/{task}/stat" if task else f"/proc/{pid}/stat"
-    with open(path) as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def node_env() -> dict[str, str]:
-    """The node runs this checkout's code, not whatever the venv has installed."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
-    return env
 
 
 def start_node(work: Path, args: argparse.Namespace) -> tuple[subprocess.Popen[bytes], int, str, Path]:
@@ -155,7 +110,7 @@ def start_node(work: Path, args: argparse.Namespace) -> tuple[subprocess.Popen[b
         cwd=str(work), stdout=subprocess.DEVNULL, stderr=open(work / "node.stderr", "wb"),
         env=node_env(),
     )
-    wait_port(kp_port, proc, "arvnode", log)
+    wait_port(kp_port, proc, "arvnode", log, timeout=60)
     return proc, kp_port, token, root
 
 
@@ -215,19 +170,9 @@ def start_nginx(nginx: str, work: Path, root: Path) -> tuple[subprocess.Popen[by
         [nginx, "-p", str(work), "-c", str(conf), "-e", str(log), "-g", "daemon off;"],
         stdout=subprocess.DEVNULL, stderr=open(work / "nginx.stderr", "wb"),
     )
-    wait_port(seed, proc, "nginx", log)
-    wait_port(big, proc, "nginx", log)
+    wait_port(seed, proc, "nginx", log, timeout=60)
+    wait_port(big, proc, "nginx", log, timeout=60)
     return proc, seed, big
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 # -- the load client ---------------------------------------------------------------

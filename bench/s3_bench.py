@@ -48,11 +48,8 @@ import argparse
 import base64
 import hashlib
 import http.client
-import json
 import multiprocessing as mp
 import os
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -66,47 +63,12 @@ MiB = 1 << 20
 BLOCK = 64 * MiB
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+
+from benchlib import free_port, md5_rate, node_env, proc_cpu, stop, wait_port, write_results  # noqa: E402
 REGION = "us-east-1"
 
 
 # -- processes -------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"arvnode exited with {proc.returncode}; see {log}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit(f"arvnode did not listen on {port} within {timeout}s; see {log}")
-
-
-def proc_cpu(pid: int, task: int | None = None) -> float:
-    """utime+stime of ``pid`` (or of its thread ``task``) in seconds (0 if gone)."""
-    path = f"/proc/{pid}/task/{task}/stat" if task else f"/proc/{pid}/stat"
-    try:
-        with open(path) as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def node_env() -> dict[str, str]:
-    """The node runs this checkout's code, not whatever the venv has installed."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
-    return env
 
 
 def start_node(work: Path, endpoint: str, bucket: str, creds: tuple[str, str],
@@ -155,7 +117,7 @@ def start_node(work: Path, endpoint: str, bucket: str, creds: tuple[str, str],
         cwd=str(work), stdout=subprocess.DEVNULL, stderr=open(work / "node.stderr", "wb"),
         env=node_env(),
     )
-    wait_port(kp_port, proc, log)
+    wait_port(kp_port, proc, "arvnode", log)
     return proc, kp_port, token, cfg_path
 
 
@@ -176,19 +138,6 @@ def s3_client(endpoint: str, creds: tuple[str, str]) -> Any:
             read_timeout=600, connect_timeout=60,
         ),
     )
-
-
-def md5_rate(data: bytes, chunk: int = 64 * 1024, passes: int = 3) -> float:
-    """Bytes/s of one hashlib.md5 in ``chunk`` updates: the work the node must
-    do on every byte it passes, for scale (median of ``passes``)."""
-    view, rates = memoryview(data), []
-    for _ in range(passes):
-        h = hashlib.md5()
-        t0 = time.perf_counter()
-        for off in range(0, len(view), chunk):
-            h.update(view[off : off + chunk])
-        rates.append(len(view) / (time.perf_counter() - t0))
-    return statistics.median(rates)
 
 
 # -- one transfer per forked client ----------------------------------------------------
@@ -445,18 +394,9 @@ def main() -> None:
             "rows": rows,
             "trials": [{k: v for k, v in t.items() if k != "refs"} for t in trials],
         }
-        Path(args.results).mkdir(parents=True, exist_ok=True)
-        out = Path(args.results) / f"s3-{time.strftime('%Y%m%dT%H%M%S')}.json"
-        out.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"written {out}")
+        print(f"written {write_results(args.results, 's3', report)}")
     finally:
-        if proc is not None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop(proc)
         server.stop()
         if tmp is not None:
             tmp.cleanup()
