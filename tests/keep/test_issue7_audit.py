@@ -38,22 +38,12 @@ from tests.keep.test_proxy_fixture import (
     start_keepproxy,
 )
 
+from tests.keep.test_proxy import CORS  # the spec §4.2 header set, written once
+
 MiB = 1 << 20
 AUDIT_FIELDS = (
     "locator", "user", "bytes", "replicas", "classes", "client", "request_id", "outcome"
 )
-CORS = {
-    "access-control-allow-origin": "*",
-    "access-control-allow-methods": "GET, HEAD, PUT, OPTIONS, POST",
-    "access-control-allow-headers": (
-        "Authorization, Content-Length, Content-Type, X-Keep-Desired-Replicas,"
-        " X-Keep-Signature, X-Keep-Storage-Classes"
-    ),
-    "access-control-expose-headers": (
-        "X-Keep-Locator, X-Keep-Replicas-Stored, X-Keep-Storage-Classes-Confirmed"
-    ),
-    "access-control-max-age": "86486400",
-}
 
 
 def _head(method: str, path: str, headers: dict[str, str]) -> bytes:
