@@ -454,14 +454,17 @@ class LoadTests(ConfigTestMixin, SynchronousTestCase):
 
 class ValidationTests(ConfigTestMixin, SynchronousTestCase):
     def test_tab_indentation(self) -> None:
-        """Tab indentation is reported with the file, the line and the fix."""
+        """Tab indentation is reported with the key path, the file, the line and the fix."""
         text = cfg("API:\n  RequestTimeout: 5m").replace("  RequestTimeout", "\tRequestTimeout")
         [problem] = self.problems(text)
-        self.assertEqual(problem, "<string>, line 7: tabs are not allowed for indentation; use spaces")
+        self.assertEqual(problem, "Clusters.zzzzz.API.RequestTimeout: got a TAB in the indentation "
+                                  "(<string>, line 7); expected spaces only (YAML does not allow tabs there)")
         path = FilePath(self.mktemp())
         path.setContent(text.encode())
         e = self.assertRaises(ConfigError, load_config, path.path)
-        self.assertEqual(e.problems, [f"{path.path}, line 7: tabs are not allowed for indentation; use spaces"])
+        [problem] = e.problems
+        self.assertTrue(problem.startswith("Clusters.zzzzz.API.RequestTimeout: got a TAB"), problem)
+        self.assertIn(f"({path.path}, line 7)", problem)
 
     def test_invalid_yaml(self) -> None:
         """Other YAML syntax errors name the line."""

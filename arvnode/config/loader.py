@@ -44,7 +44,7 @@ def _select_cluster(data: Any, cluster: str | None, source: str) -> str:
         if len(ids) > 1:
             raise ConfigError([
                 f"Clusters: {source} defines several clusters ({', '.join(ids)}); "
-                "expected exactly one, or name the one to use"
+                "expected exactly one, or the one to use named with --cluster"
             ])
         return ids[0]
     if cluster not in clusters:

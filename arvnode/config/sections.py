@@ -112,7 +112,13 @@ def _tls(r: _Reader, cluster: _Section) -> TLSConfig:
     sec = r.section(cluster, "TLS")
     expected = "a file path or file:///path URL"
     cert = r.typed(sec, "Certificate", "", _tls_path, expected)
-    key = r.typed(sec, "Key", "", _tls_path, expected)
+    value, path = r.raw(sec, "Key")
+    if isinstance(value, str) and "-----BEGIN" in value:
+        # Inline key material: refused without echoing any of it.
+        r.bad(path, f"inline PEM key material ({len(value)} characters, not shown)", expected)
+        key = ""
+    else:
+        key = r.typed(sec, "Key", "", _tls_path, expected)
     given = {k for k in ("Certificate", "Key") if sec.data.get(k) not in (None, "")}
     if bool(cert) != bool(key) and len(given) == 1:
         (present,) = given
@@ -216,7 +222,9 @@ def _api(r: _Reader, cluster: _Section) -> APIConfig:
     return APIConfig(
         max_concurrent_requests=r.integer(sec, "MaxConcurrentRequests", 64),
         max_queued_requests=r.integer(sec, "MaxQueuedRequests", 128),
-        request_timeout=r.duration(sec, "RequestTimeout", 300.0),
+        # Positive: 0 would cancel every request at once (and the remote
+        # calls' timeouts derive from it), so it is refused, not "no limit".
+        request_timeout=r.duration(sec, "RequestTimeout", 300.0, positive=True),
         max_request_size=r.size(sec, "MaxRequestSize", 134217728, minimum=1),
         max_items_per_response=r.integer(sec, "MaxItemsPerResponse", 1000, minimum=1),
         max_request_amplification=r.integer(sec, "MaxRequestAmplification", 4, minimum=1),

@@ -2,6 +2,7 @@
 refusing duplicate keys, TAB indentation and oversized documents."""
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import yaml
@@ -93,6 +94,62 @@ def _leading_tab_lines(text: str) -> list[int]:
     return lines
 
 
+# "key:" or "key: value" on one line; the key plain or quoted.
+_KEY_LINE = re.compile(
+    r"""^(?P<indent>[ \t]*)(?P<key>"(?:[^"\\]|\\.)*"|'[^']*'|(?!-\s)[^\s#'"{\[][^#]*?)"""
+    r"""\s*:(?:[ \t]+(?P<rest>.*))?$"""
+)
+
+
+def _unquote(key: str) -> str:
+    if key[:1] in "\"'":
+        try:
+            loaded = yaml.safe_load(key)
+        except yaml.YAMLError:
+            return key[1:-1]
+        return str(loaded)
+    return key
+
+
+def _tab_key_paths(text: str) -> dict[int, _Path]:
+    """The key path of each TAB-indented key line: what the author meant.
+
+    A TAB has no YAML indentation width, so the previous key line decides:
+    if it opens a block (``key:`` with nothing after it), the TAB line is
+    its child, otherwise its sibling — what an editor showed the author.
+    Space-indented lines are placed by their indentation as YAML does.
+    """
+    stack: list[tuple[int, _Path]] = []
+    previous: tuple[int, _Path, bool] | None = None
+    found: dict[int, _Path] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        m = _KEY_LINE.match(line)
+        if m is None:
+            continue
+        key = _unquote(m["key"])
+        rest = (m["rest"] or "").split(" #")[0].strip()
+        opens = rest == "" or rest.startswith("#") or (rest.startswith("&") and " " not in rest)
+        if "\t" in m["indent"]:
+            if previous is None:
+                indent, parent = 0, ()
+            else:
+                prev_indent, prev_path, prev_opens = previous
+                indent = prev_indent + 1 if prev_opens else prev_indent
+                parent = prev_path if prev_opens else prev_path[:-1]
+            path = parent + (key,)
+            found[number] = path
+        else:
+            indent = len(m["indent"])
+            while stack and stack[-1][0] >= indent:
+                stack.pop()
+            path = (stack[-1][1] if stack else ()) + (key,)
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        stack.append((indent, path))
+        previous = (indent, path, opens)
+    return found
+
+
 def _parse_yaml(text: str, source: str) -> tuple[Any, dict[_Path, int]]:
     """Plain data and key lines. @raise ConfigError: not YAML."""
     problems: list[str] = []
@@ -107,11 +164,18 @@ def _parse_yaml(text: str, source: str) -> tuple[Any, dict[_Path, int]]:
         raise ConfigError(problems) from None
     except yaml.YAMLError as e:
         tab_lines = _leading_tab_lines(text)
+        tab_paths = _tab_key_paths(text) if tab_lines else {}
         mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
         for number in tab_lines[:20]:
-            problems.append(
-                f"{source}, line {number}: tabs are not allowed for indentation; use spaces"
-            )
+            if number in tab_paths:
+                problems.append(
+                    f"{_dotted(tab_paths[number])}: got a TAB in the indentation ({source}, "
+                    f"line {number}); expected spaces only (YAML does not allow tabs there)"
+                )
+            else:
+                problems.append(
+                    f"{source}, line {number}: tabs are not allowed for indentation; use spaces"
+                )
         if mark is None or mark.line + 1 not in tab_lines:
             what = getattr(e, "problem", None) or str(e).splitlines()[0]
             where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -59,8 +59,9 @@ class Limits:
 
     def acquire(self) -> Deferred[None] | None:
         """A Deferred that fires when the request may run, or None if the
-        queue is full (the caller answers 503)."""
-        if self.running < self.max_concurrent:
+        queue is full (the caller answers 503). ``max_concurrent`` 0 means
+        no limit, as in Arvados (older Arvados defaults ship exactly that)."""
+        if self.max_concurrent <= 0 or self.running < self.max_concurrent:
             self.running += 1
             d: Deferred[None] = Deferred()
             d.callback(None)
