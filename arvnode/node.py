@@ -19,6 +19,7 @@ from typing import Any, Awaitable, Callable
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
@@ -198,7 +199,12 @@ class Node(OrderedMultiService):
         self.log.info("arvnode cluster {cluster} is up", cluster=self.config.cluster_id)
 
     def _fatal(self, failure: Failure) -> None:
-        self.log.failure("arvnode failed to start", failure)
+        if failure.check(CannotListenError):
+            # An operator's problem (port taken, address not on this host),
+            # not a bug: one line naming the address, no traceback.
+            self.log.critical("arvnode failed to start: {error}", error=str(failure.value))
+        else:
+            self.log.failure("arvnode failed to start", failure)
         self._on_fatal(failure)
 
     def reload_tls(self) -> None:

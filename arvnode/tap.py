@@ -73,6 +73,7 @@ def makeService(options: Options) -> Any:
     from twisted.internet import reactor
 
     from arvnode.node import build_node
+    from arvnode.tls import TLSConfigError
 
     config = options.loaded
     out = sys.__stdout__
@@ -91,9 +92,15 @@ def makeService(options: Options) -> Any:
 
     # As Arvados services do, ARVADOS_SERVICE_INTERNAL_URL names which
     # Services.Keepstore entry this process is, when several share one host.
-    node = build_node(config, reactor, embedded_mode=options.embedded,
-                      on_fatal=on_fatal, announce=announce,
-                      keepstore_url=os.environ.get("ARVADOS_SERVICE_INTERNAL_URL"))
+    try:
+        node = build_node(config, reactor, embedded_mode=options.embedded,
+                          on_fatal=on_fatal, announce=announce,
+                          keepstore_url=os.environ.get("ARVADOS_SERVICE_INTERNAL_URL"))
+    except TLSConfigError as e:
+        # A missing, unreadable or mismatched certificate/key (also a
+        # damaged embedded state directory): one line naming the key and
+        # the file, not a traceback from inside twistd.
+        _refuse(1, f"cannot start a node: {e}")
 
     def stop_gracefully(signum: int, frame: Any) -> None:
         # twistd's own handler records the signal and re-raises it at exit,

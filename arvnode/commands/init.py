@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,11 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    embedded.ensure_state_dir(args.data, random.SystemRandom())
+    try:
+        embedded.ensure_state_dir(args.data, random.SystemRandom())
+    except OSError as e:
+        print(f"arvnode init: cannot create state directory {args.data!r}: {e}", file=sys.stderr)
+        return 1
 
     async def work(store: Any, config: Any) -> int:
         data = Path(config.arvnode.data_directory)

@@ -17,6 +17,7 @@ import yaml
 from twisted.internet import protocol, reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.error import ConnectionRefusedError
 from twisted.trial.unittest import TestCase
 
 from tests.helpers import (
@@ -115,6 +116,8 @@ class EmbeddedDefaultTests(TestCase):
         node.signal(signal.SIGTERM)
         # The listening socket closes first: a new connection is refused.
         await wait_for(lambda: "waiting up to" in node.output(), timeout=20)
+        with self.assertRaises(ConnectionRefusedError):
+            await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", keep_port), RawClient())
         client.transport.write(body[1000:])
         await client.closed
         self.assertIn(b"HTTP/1.1 200", client.received)
@@ -165,18 +168,9 @@ class ConfigErrorTests(TestCase):
 class PluginTests(TestCase):
     timeout = 60
 
-    def test_twistd_help_lists_arvnode_from_installed_package(self):
-        """After `pip install .` (not editable) `twistd --help` lists arvnode;
-        run from an empty directory without this checkout on the path, so only
-        the installed package can provide it."""
-        env = dict(os.environ)
-        env.pop("PYTHONPATH", None)
-        cwd = Path(self.mktemp())
-        cwd.mkdir()
-        proc = subprocess.run([venv_bin("twistd"), "--help"], cwd=cwd, env=env,
-                              capture_output=True, text=True, timeout=60)
-        self.assertEqual(proc.returncode, 0, proc.stderr)
-        self.assertRegex(proc.stdout, r"(?m)^\s+arvnode\s+")
+    # `twistd --help` lists arvnode after a non-editable `pip install .`:
+    # tests/test_issue3_process.py builds and installs the wheel into a fresh
+    # venv (this venv may be an editable install, which ships no plugin file).
 
     def test_arvnode_help_documents_options(self):
         """`twistd arvnode --help` documents --config, --cluster and --data."""
