@@ -177,11 +177,14 @@ class ControllerResource(AsyncResource):
             remote = fed.param_target(request, method, rest, parsed[0])
             if remote is not None:
                 return await self._federate(request, method, segments, remote)
-        route = self.router.match(method, rest)
         params, body = parsed or P.read_params(request,
                                                max_size=self.deps.config.api.max_request_size)
+        # POST with a form field _method=GET is a GET (spec 7.1): decide
+        # before matching, so a GET-only route (users/current) is not a 405.
         if method == "POST" and str(params.get("_method", "")).upper() == "GET":
             route = self.router.match("GET", rest)
+        else:
+            route = self.router.match(method, rest)
         identity = await self._authenticate(request, required=not route.public,
                                             remote=_remote_param(method, rest, params))
         if identity is None and not route.public:

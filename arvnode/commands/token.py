@@ -129,6 +129,12 @@ def _when(epoch: float | None) -> str:
 
 def run_list(args: argparse.Namespace) -> int:
     async def work(store: Store, config: Any) -> int:
+        if args.user is not None:
+            try:
+                await store.get_user(args.user)
+            except NotFound:  # a typo must not look like "this user has no tokens"
+                print(f"no user {args.user}", file=sys.stderr)
+                return 1
         tokens = await store.list_tokens(args.user)
         print_table(
             ("UUID", "USER", "EXPIRES", "SCOPES"),
