@@ -81,6 +81,7 @@ class Replica:
 
 async def find_replica(
     volumes: Sequence[IVolume], hash: str, bad: BadReplicas, *, head: bool, log: Logger,
+    request_id: str = "",
 ) -> Replica:
     """The first volume, in rendezvous order, that has ``hash``.
 
@@ -88,6 +89,7 @@ async def find_replica(
     client leave meanwhile, a late reader is closed rather than leaked).
     Replicas known to be corrupt are skipped; a volume that fails is logged
     and passed over. Shared by the keepproxy and the keepstore API.
+    ``request_id`` goes to the volumes (an upstream keepstore forwards it).
     """
     found = Replica(errors=[])
     for volume in sort_services(hash, list(volumes), key=lambda v: v.uuid):
@@ -96,11 +98,12 @@ async def find_replica(
             continue
         try:
             if head:
-                size = await volume.stat(hash)
+                size = await volume.stat(hash, request_id=request_id)
                 reader = None
             else:
                 ok, value = await shielded(
-                    volume.open_read(hash), lambda r: r is not None and r.close()
+                    volume.open_read(hash, request_id=request_id),
+                    lambda r: r is not None and r.close(),
                 )
                 if not ok:
                     value.raiseException()

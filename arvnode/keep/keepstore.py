@@ -14,10 +14,12 @@ It speaks keepstore's dialect, not keepproxy's:
   signed for the request's token when there is one, ``X-Keep-Replicas-Stored``
   (sum of the volumes' Replication), ``X-Keep-Storage-Classes-Confirmed``;
   411 no ``Content-Length``; 400 size hint ≠ ``Content-Length`` or md5 ≠ hash;
-  413 over 64 MiB; 503 ``volume unavailable`` when no volume took it (a full
-  volume included: keepstore's 507 is not told apart yet, and keepproxies
-  treat both alike). ``X-Keep-Desired-Replicas`` is ignored,
-  as keepstore does: the keepproxy in front decides how many keepstores.
+  413 over 64 MiB; 507 ``insufficient storage`` when every volume tried was
+  full (ENOSPC/EDQUOT, or no room for the block at open), 503 ``volume
+  unavailable`` when no volume took it and some failed for another reason
+  (spec §5.2; keepproxies do not retry a 507 on the same keepstore).
+  ``X-Keep-Desired-Replicas`` is ignored, as keepstore does: the keepproxy
+  in front decides how many keepstores.
 * ``GET``/``HEAD /<locator>``: with ``Collections.BlobSigning`` the ``+A``
   signature is checked for the request's token (``Authorization: Bearer|
   OAuth2``, else ``?api_token=``), like keepstore: no token 401, expired 401,
@@ -72,6 +74,7 @@ from arvnode.keep.upload import (
     UploadResult,
     UploadStats,
     abort_quietly,
+    all_full,
     confirmed_classes,
     open_replicas,
 )
@@ -201,9 +204,13 @@ class Keepstore:
             hash = locator.hash
             ordered = sort_services(hash, self.volumes, key=lambda v: v.uuid)
             writable = [v for v in ordered if not v.read_only]
-            replicas = await open_replicas(hash, length, writable, 1, classes, self.log)
+            errors: list[BaseException] = []
+            replicas = await open_replicas(
+                hash, length, writable, 1, classes, self.log,
+                request_id=request.request_id, errors=errors,
+            )
             if not replicas:
-                raise self._no_volume(writable, classes)
+                raise self._no_volume(writable, classes, errors)
             if request.gone:
                 for r in replicas:
                     abort_quietly(r.writer)
@@ -225,11 +232,15 @@ class Keepstore:
         pipeline.done.addErrback(lambda f: self.log.failure("answering a keepstore PUT failed", f))
         return pipeline
 
-    def _no_volume(self, writable: Sequence[IVolume], classes: Sequence[str]) -> KeepError:
+    def _no_volume(
+        self, writable: Sequence[IVolume], classes: Sequence[str], errors: Sequence[BaseException]
+    ) -> KeepError:
         served = {c for v in writable for c in v.storage_classes}
         missing = [c for c in classes if c not in served]
         if missing:
             return KeepError(503, f"volume unavailable: no writable volume of class {', '.join(missing)}")
+        if all_full(errors):
+            return KeepError(507, "insufficient storage")
         return KeepError(503, "volume unavailable")
 
     def _put_done(
@@ -244,8 +255,8 @@ class Keepstore:
                     request, 400,
                     f"content hash {error.actual} did not match specified locator {text}",
                 )
-            elif isinstance(error, NoReplicas):
-                self.send_error(request, 503, "volume unavailable")
+            elif isinstance(error, NoReplicas) and error.full:
+                self.send_error(request, 507, "insufficient storage")
             else:
                 self.send_error(request, 503, "volume unavailable")
             return
@@ -357,7 +368,10 @@ class Keepstore:
             request.setHeader(b"Content-Length", b"0")
             request.finish()
             return
-        found = await find_replica(self.volumes, hash, self.bad_replicas, head=head, log=self.log)
+        found = await find_replica(
+            self.volumes, hash, self.bad_replicas, head=head, log=self.log,
+            request_id=getattr(request, "request_id", ""),
+        )
         if found.volume is not None:
             size, reader = found.size, found.reader
             if request.finished or request._disconnected:

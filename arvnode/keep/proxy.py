@@ -321,7 +321,10 @@ class KeepProxy:
         if self._blob_signing:
             self._check_signature(locator, token)
         hash = locator.hash
-        found = await find_replica(self.volumes, hash, self.bad_replicas, head=head, log=self.log)
+        found = await find_replica(
+            self.volumes, hash, self.bad_replicas, head=head, log=self.log,
+            request_id=getattr(request, "request_id", ""),
+        )
         if found.volume is not None:
             size, reader = found.size, found.reader
             if request.gone:

@@ -28,6 +28,7 @@ from arvnode.keep.upload import (
     UploadPipeline,
     UploadResult,
     abort_quietly,
+    all_full,
     confirmed_classes,
     open_replicas,
 )
@@ -109,9 +110,14 @@ class Uploads:
             )
         release = _Once(lambda: self._p.budget.release(length))
         request.notifyFinish().addBoth(lambda _: release())
+        open_errors: list[BaseException] = []
+
         async def open_for(digest: str) -> list[Replica]:
             ordered = sort_services(digest, self._p.volumes, key=lambda v: v.uuid)
-            return await open_replicas(digest, length, ordered, desired, classes, self._p.log)
+            return await open_replicas(
+                digest, length, ordered, desired, classes, self._p.log,
+                request_id=request.request_id, errors=open_errors,
+            )
 
         async def open_spools() -> list[Replica]:
             # POST: the hash (and so the rendezvous order) is unknown; spread
@@ -122,6 +128,7 @@ class Uploads:
             return await open_replicas(
                 "", length, ordered, desired, classes, self._p.log,
                 opener=lambda v: v.open_spool(length),  # type: ignore[attr-defined]
+                errors=open_errors,
             )
 
         try:
@@ -134,7 +141,7 @@ class Uploads:
             if expected is not None or spool:
                 replicas = await (open_for(expected) if expected is not None else open_spools())
                 if not replicas:
-                    raise self._no_volume_error(classes)
+                    raise self._no_volume_error(classes, open_errors)
                 if request.gone:
                     for r in replicas:
                         abort_quietly(r.writer)
@@ -158,14 +165,21 @@ class Uploads:
         pipeline.done.addErrback(lambda f: self._p.log.failure("answering an upload failed", f))
         return pipeline
 
-    def _no_volume_error(self, classes: list[str]) -> KeepError:
+    def _no_volume_error(self, classes: list[str], errors: list[BaseException]) -> KeepError:
+        """503, as Arvados' keepproxy answers when it runs out of servers
+        (spec §4.5, §4.7), also when every one was full (507): the message
+        says which and why."""
         served = {c for v in self._p.volumes if not v.read_only for c in v.storage_classes}
         missing = [c for c in classes if c not in served]
-        reason = (
-            f"no writable volume serves storage class {', '.join(missing)}"
-            if missing
-            else "no writable volume could take the block"
-        )
+        if missing:
+            reason = f"no writable volume serves storage class {', '.join(missing)}"
+        else:
+            what = (
+                "every writable volume is full"
+                if all_full(errors)
+                else "no writable volume could take the block"
+            )
+            reason = str(NoReplicas.because(what, errors))
         return KeepError(
             503,
             f"Could not write sufficient replicas: {reason}",

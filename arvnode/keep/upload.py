@@ -50,7 +50,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
-from arvnode.keep.volume import IBlockWriter, IVolume
+from arvnode.keep.volume import IBlockWriter, IVolume, VolumeFull
 
 __all__ = [
     "HashMismatch",
@@ -60,6 +60,7 @@ __all__ = [
     "UploadPipeline",
     "UploadResult",
     "UploadStats",
+    "all_full",
     "confirmed_classes",
     "open_replicas",
 ]
@@ -80,7 +81,27 @@ class HashMismatch(Exception):
 
 
 class NoReplicas(Exception):
-    """No volume could take the block (503)."""
+    """No volume could take the block (503).
+
+    ``full`` is true when every volume tried failed for want of space
+    (:class:`VolumeFull`): the keepstore API then answers 507
+    ``insufficient storage`` (spec §5.2).
+    """
+
+    def __init__(self, message: str, *, full: bool = False) -> None:
+        super().__init__(message)
+        self.full = full
+
+    @classmethod
+    def because(cls, what: str, errors: Sequence[BaseException]) -> "NoReplicas":
+        """``what``, the volumes' reasons, and whether they were all "full"."""
+        reasons = "; ".join(str(e) or e.__class__.__name__ for e in errors)
+        return cls(f"{what}: {reasons}" if reasons else what, full=all_full(errors))
+
+
+def all_full(errors: Sequence[BaseException]) -> bool:
+    """True when there were failures and every one was a full volume."""
+    return bool(errors) and all(isinstance(e, VolumeFull) for e in errors)
 
 
 class ClientGone(Exception):
@@ -132,6 +153,7 @@ class Replica:
     volume: IVolume
     writer: IBlockWriter
     failed: bool = False
+    error: BaseException | None = None  # why it failed, once it did
 
 
 @frozen
@@ -197,15 +219,20 @@ async def open_replicas(
     classes: Sequence[str],
     log: Logger,
     opener: Callable[[IVolume], "Deferred[IBlockWriter]"] | None = None,
+    *,
+    request_id: str = "",
+    errors: list[BaseException] | None = None,
 ) -> list[Replica]:
     """Open writers on as many writable volumes as the target needs.
 
     Volumes are taken in rendezvous order and opened in parallel; a volume
-    that fails to open is replaced by the next useful one. ``opener`` opens
-    one (default: ``volume.open_write(hash, size)``; POST uses spools).
+    that fails to open is replaced by the next useful one, and its error is
+    appended to ``errors`` (so the caller can tell "all full" from "broken").
+    ``opener`` opens one (default: ``volume.open_write(hash, size,
+    request_id=request_id)``; POST uses spools).
     """
     if opener is None:
-        opener = lambda v: v.open_write(hash, size)  # noqa: E731
+        opener = lambda v: v.open_write(hash, size, request_id=request_id)  # noqa: E731
     remaining = [v for v in ordered if not v.read_only]
     opened: list[Replica] = []
     while True:
@@ -236,6 +263,8 @@ async def open_replicas(
                     hash=hash,
                     error=res.getErrorMessage(),
                 )
+                if errors is not None:
+                    errors.append(res.value)
             else:
                 opened.append(Replica(v, res))
 
@@ -718,15 +747,20 @@ class UploadPipeline:
         if self._over:
             return
         if self._open_later is None and not self._live():
-            self._abort_all(NoReplicas("every volume failed while writing the block"))
+            self._abort_all(self._no_replicas("every volume failed while writing the block"))
             return
         self._pump()
 
     def _live(self) -> list[Replica]:
         return [r for r in self._replicas if not r.failed]
 
+    def _no_replicas(self, what: str) -> NoReplicas:
+        return NoReplicas.because(what, [r.error for r in self._replicas if r.error is not None])
+
     def _replica_failed(self, f: Failure, replica: Replica) -> None:
         replica.failed = True
+        if replica.error is None:
+            replica.error = f.value
         self.log.warn(
             "volume {volume}: write of {hash} failed, dropping this replica: {error}",
             volume=replica.volume.uuid,
@@ -762,7 +796,7 @@ class UploadPipeline:
                 return
         live = self._live()
         if not live:
-            self._abort_all(NoReplicas("no volume could store the block"))
+            self._abort_all(self._no_replicas("no volume could store the block"))
             return
         if self._spooled:
             commits = [_settle(r.writer.commit_as(digest)) for r in live]  # type: ignore[attr-defined]
@@ -774,6 +808,7 @@ class UploadPipeline:
             if not ok:
                 assert isinstance(res, Failure)
                 replica.failed = True
+                replica.error = res.value
                 self.log.warn(
                     "volume {volume}: commit of {hash} failed: {error}",
                     volume=replica.volume.uuid,
@@ -785,7 +820,7 @@ class UploadPipeline:
                 committed.append(replica.volume)
         self._release_memory()
         if not committed:
-            self.done.errback(NoReplicas("no volume could commit the block"))
+            self.done.errback(self._no_replicas("no volume could commit the block"))
             return
         self.done.callback(UploadResult(digest, self._length, tuple(committed)))
 

@@ -8,6 +8,13 @@ backpressure signal), then committed or aborted; a read is a push producer
 attached to a consumer.
 
 All hashes passed here are 32 lowercase hex characters, already validated.
+
+``open_write``, ``open_read`` and ``stat`` take an optional keyword
+``request_id``: the ``X-Request-Id`` of the client request being served. A
+volume that calls another service with it (the upstream keepstore) forwards
+it, so one id follows a block through every access log (spec §4.2); directory
+and S3 volumes ignore it. It is a keyword with a default so a caller without a
+request (start-up, federation copies) need not invent one.
 """
 from __future__ import annotations
 
@@ -29,7 +36,12 @@ class VolumeError(Exception):
 
 
 class VolumeFull(VolumeError):
-    """No space left: keepstore's 507."""
+    """No space left (ENOSPC/EDQUOT, or an upstream keepstore's 507).
+
+    Told apart from other failures because a keepstore whose every
+    writable volume is full answers 507 ``insufficient storage`` (spec §5.2),
+    which keepproxies do not retry against that server.
+    """
 
 
 class CorruptBlock(VolumeError):
@@ -82,13 +94,14 @@ class IVolume(Interface):
     def stop() -> "Deferred[None]":
         """Release pools and connections."""
 
-    def open_write(hash: str, size: int) -> "Deferred[IBlockWriter]":
-        """Begin writing the block ``hash`` of ``size`` bytes."""
+    def open_write(hash: str, size: int, *, request_id: str = "") -> "Deferred[IBlockWriter]":
+        """Begin writing the block ``hash`` of ``size`` bytes. Errbacks with
+        :class:`VolumeFull` when the volume has no room for it."""
 
-    def open_read(hash: str) -> "Deferred[IBlockReader | None]":
+    def open_read(hash: str, *, request_id: str = "") -> "Deferred[IBlockReader | None]":
         """Open the block for reading, or None if this volume lacks it."""
 
-    def stat(hash: str) -> "Deferred[int | None]":
+    def stat(hash: str, *, request_id: str = "") -> "Deferred[int | None]":
         """The stored size of ``hash``, or None if absent. Cheap."""
 
     def index(prefix: str) -> "Deferred[Sequence[tuple[str, int, int]]]":

@@ -510,8 +510,10 @@ class FailureTests(VolumeTestMixin, TestCase):
         self.assertNotIn(self.root, str(err))
 
     async def test_disk_full(self) -> None:
-        """ENOSPC on a real (1 MiB tmpfs) filesystem becomes VolumeFull and
-        the temp file is removed at once, freeing the space."""
+        """On a real (1 MiB tmpfs) filesystem: a block larger than the free
+        space is refused at open (VolumeFull, nothing created); a write that
+        hits ENOSPC (the space went to another writer since the open) becomes
+        VolumeFull and its temp file is removed at once, freeing the space."""
         os.makedirs(self.root)
         try:
             subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", self.root],
@@ -521,12 +523,22 @@ class FailureTests(VolumeTestMixin, TestCase):
         self.addCleanup(subprocess.run, ["umount", self.root], check=True)
         vol = await self.started_volume()
         h, data = block(2 * MiB)
-        w = await vol.open_write(h, len(data))
-        err = await self.assertFailure(w.write(data), VolumeFull)
+        err = await self.assertFailure(vol.open_write(h, len(data)), VolumeFull)
+        self.assertIn("no space for a 2097152-byte block", str(err))
+        self.assertEqual(self.files_under(), [])
+        # Two writes that each fit at open, but not together.
+        h1, data1 = block(700 * 1024)
+        h2, data2 = block(700 * 1024 + 1)
+        w1 = await vol.open_write(h1, len(data1))
+        w2 = await vol.open_write(h2, len(data2))
+        await w1.write(data1)
+        err = await self.assertFailure(w2.write(data2), VolumeFull)
         self.assertIn("No space left", str(err))
         self.assertNotIn(self.root, str(err))
+        self.assertEqual(len(self.files_under()), 1)  # w1's temp file only
+        await w2.abort()
+        await w1.abort()
         self.assertEqual(self.files_under(), [])
-        await w.abort()
         # The space is back: a small block fits.
         h2, small = block(1000)
         await self.put(vol, small)

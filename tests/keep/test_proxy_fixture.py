@@ -231,7 +231,7 @@ class WatchedVolume:
     def stop(self) -> Deferred[None]:
         return self.inner.stop()
 
-    def open_write(self, hash: str, size: int) -> Deferred[Any]:
+    def open_write(self, hash: str, size: int, *, request_id: str = "") -> Deferred[Any]:
         if self.fail_open:
             from arvnode.keep.volume import VolumeError
 
@@ -249,8 +249,10 @@ class WatchedVolume:
             waiting, self.open_events = self.open_events, []
             for event in waiting:
                 event.callback(None)
-            return gate.addCallback(lambda _: self.inner.open_write(hash, size)).addCallback(wrap)
-        return self.inner.open_write(hash, size).addCallback(wrap)
+            return gate.addCallback(
+                lambda _: self.inner.open_write(hash, size, request_id=request_id)
+            ).addCallback(wrap)
+        return self.inner.open_write(hash, size, request_id=request_id).addCallback(wrap)
 
     def open_spool(self, size: int) -> Deferred[Any]:
         def wrap(writer: Any) -> WatchedWriter:
@@ -260,13 +262,13 @@ class WatchedVolume:
 
         return self.inner.open_spool(size).addCallback(wrap)
 
-    def open_read(self, hash: str) -> Deferred[Any]:
-        return self.inner.open_read(hash).addCallback(
+    def open_read(self, hash: str, *, request_id: str = "") -> Deferred[Any]:
+        return self.inner.open_read(hash, request_id=request_id).addCallback(
             lambda r: None if r is None else CountingReader(self, r)
         )
 
-    def stat(self, hash: str) -> Deferred[int | None]:
-        return self.inner.stat(hash)
+    def stat(self, hash: str, *, request_id: str = "") -> Deferred[int | None]:
+        return self.inner.stat(hash, request_id=request_id)
 
     def index(self, prefix: str) -> Deferred[Any]:
         return self.inner.index(prefix)

@@ -19,6 +19,13 @@ Why it looks the way it does:
   and the final fsync does the work.
 * **Streaming reads.** A reader is a push producer
   (:class:`~arvnode.keep.volumes._filereader.ThreadedFileReader`).
+* **Full is its own error.** ENOSPC/EDQUOT become :class:`VolumeFull` (the
+  keepstore's 507 when every writable volume is full) and the temp file is
+  removed at once. Since a block streams to the volume it was opened on and
+  cannot move to another mid-body, ``open_write`` also refuses (VolumeFull)
+  a block larger than the space ``statvfs`` reports available, as Arvados'
+  unix volume checks before each write: the caller then opens the next
+  volume instead of failing half-way.
 """
 from __future__ import annotations
 
@@ -290,8 +297,10 @@ class DirectoryVolume:
 
     # -- writes --------------------------------------------------------------
 
-    def open_write(self, hash: str, size: int) -> "Deferred[IBlockWriter]":
-        """Create ``<root>/<xxx>/<hash>.tmp-<random>`` and return its writer."""
+    def open_write(self, hash: str, size: int, *, request_id: str = "") -> "Deferred[IBlockWriter]":
+        """Create ``<root>/<xxx>/<hash>.tmp-<random>`` and return its writer.
+
+        ``request_id`` is not needed by a local disk."""
         bad: Deferred[IBlockWriter] | None = self._bad_hash(hash)
         if bad is not None:
             return bad
@@ -300,7 +309,7 @@ class DirectoryVolume:
         if self.read_only:
             return fail(VolumeError(f"volume {self.uuid} is read-only"))
         tmp = f"{self.block_path(hash)}{TMP_MARKER}{self._rng.getrandbits(64):016x}"
-        d = self._run(self._create_temp, tmp)
+        d = self._run(self._create_temp, tmp, size)
 
         def made(fd: int) -> IBlockWriter:
             writer = BlockWriter(self, hash, size, tmp, fd)
@@ -326,7 +335,7 @@ class DirectoryVolume:
         if self.read_only:
             return fail(VolumeError(f"volume {self.uuid} is read-only"))
         tmp = os.path.join(self.root, f"post{TMP_MARKER}{self._rng.getrandbits(64):016x}")
-        d = self._run(self._create_temp, tmp)
+        d = self._run(self._create_temp, tmp, size)
 
         def made(fd: int) -> IBlockWriter:
             writer = BlockWriter(self, None, size, tmp, fd)
@@ -348,7 +357,25 @@ class DirectoryVolume:
         # The new directory entry must survive a crash like the block.
         self._fsync_dir(self.root)
 
-    def _create_temp(self, tmp: str) -> int:
+    def _check_space(self, size: int) -> None:
+        """VolumeFull when ``size`` bytes do not fit in the space available
+        to unprivileged users (``df``'s "Avail"; root's reserve is left to
+        the system). If statvfs fails, the write itself will tell."""
+        if size <= 0:
+            return
+        try:
+            st = os.statvfs(self.root)
+        except OSError:
+            return
+        avail = st.f_bavail * st.f_frsize
+        if avail < size:
+            raise VolumeFull(
+                f"volume {self.uuid}: no space for a {size}-byte block"
+                f" ({avail} bytes available)"
+            )
+
+    def _create_temp(self, tmp: str, size: int) -> int:
+        self._check_space(size)
         subdir = os.path.dirname(tmp)
         try:
             try:
@@ -369,7 +396,7 @@ class DirectoryVolume:
 
     # -- reads ---------------------------------------------------------------
 
-    def open_read(self, hash: str) -> "Deferred[IBlockReader | None]":
+    def open_read(self, hash: str, *, request_id: str = "") -> "Deferred[IBlockReader | None]":
         """Open the block, or None if it is not here."""
         bad: Deferred[IBlockReader | None] | None = self._bad_hash(hash)
         if bad is not None:
@@ -413,7 +440,7 @@ class DirectoryVolume:
             os.close(fd)
             raise self._error("stat", path, e) from e
 
-    def stat(self, hash: str) -> "Deferred[int | None]":
+    def stat(self, hash: str, *, request_id: str = "") -> "Deferred[int | None]":
         """Size of the committed block, or None."""
         bad: Deferred[int | None] | None = self._bad_hash(hash)
         if bad is not None:

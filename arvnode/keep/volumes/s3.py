@@ -154,7 +154,7 @@ class S3Volume:
 
     # -- writes ------------------------------------------------------------------
 
-    def open_write(self, hash: str, size: int) -> "Deferred[IBlockWriter]":
+    def open_write(self, hash: str, size: int, *, request_id: str = "") -> "Deferred[IBlockWriter]":
         """A writer for ``hash``, after a HEAD of its key: that finds a bucket
         that refuses or is down before the client sends its body, and a block
         already stored with a matching md5 ETag is not uploaded again."""
@@ -182,7 +182,7 @@ class S3Volume:
 
     # -- reads -------------------------------------------------------------------
 
-    def open_read(self, hash: str) -> "Deferred[IBlockReader | None]":
+    def open_read(self, hash: str, *, request_id: str = "") -> "Deferred[IBlockReader | None]":
         """Start the GET (retried until its headers arrive); None on 404."""
         bad = self._bad_hash(hash)
         if bad is not None:
@@ -207,7 +207,7 @@ class S3Volume:
             read_timeout=self.params.read_timeout, stats=self.stats,
         )
 
-    def stat(self, hash: str) -> "Deferred[int | None]":
+    def stat(self, hash: str, *, request_id: str = "") -> "Deferred[int | None]":
         """HEAD: the stored size, or None when the key is missing."""
         bad = self._bad_hash(hash)
         if bad is not None:

@@ -30,6 +30,12 @@ Decisions:
   until :meth:`UpstreamWriter.commit`: the keepstore cannot complete (and so
   cannot store) the block until the proxy has checked the whole body's md5.
   ``abort`` drops the connection and the keepstore discards the short body.
+* **Request ids.** ``GET``/``HEAD``/``PUT`` carry the ``request_id`` the
+  keepproxy passes (its client's ``X-Request-Id``, or the one it generated
+  and answered with) as ``X-Request-Id``, so the keepstore's access log
+  names the same request (spec §4.2, §4.7).
+* **Full.** A keepstore answering 507 (``insufficient storage``) fails the
+  write with :class:`VolumeFull`; the proxy does not retry it there.
 * **Loops.** Every request says ``Via: HTTP/1.1 keepproxy``; a keepproxy
   (arvnode's or Arvados') configured by mistake as a keepstore answers
   "loop detected", which becomes a :class:`VolumeError` naming the URL.
@@ -176,7 +182,8 @@ class UpstreamWriter:
         if isinstance(f, Failure) and not f.check(CancelledError):
             return VolumeError(f"{self._vol.name}: {_describe(f.value)}")
         if f is not None and not isinstance(f, Failure):
-            return VolumeError(f"{self._vol.name}: PUT {self.hash} refused early: HTTP {f.code}")
+            cls = VolumeFull if f.code == 507 else VolumeError
+            return cls(f"{self._vol.name}: PUT {self.hash} refused early: HTTP {f.code}")
         return VolumeError(f"{self._vol.name}: connection closed while sending the block")
 
     def write(self, data: bytes) -> "Deferred[None]":
@@ -257,9 +264,17 @@ class UpstreamWriter:
         self._held = b""
         finished = self._producer.finished
         if finished is not None and not finished.called:
-            # The request writer closes the connection: the body stays short
-            # and the keepstore discards it.
-            finished.errback(VolumeError("block write aborted"))
+            if self._result is not None:
+                # The keepstore answered early (a 507 at header time) or the
+                # connection failed: twisted.web has given the connection up
+                # already and no longer waits for the body; firing this now
+                # (short body, either way) would only log "Error writing
+                # request". Leave it unfired.
+                pass
+            else:
+                # The request writer closes the connection: the body stays
+                # short and the keepstore discards it.
+                finished.errback(VolumeError("block write aborted"))
         self._producer.stopProducing()
         if self._result is None:
             self._response.cancel()
@@ -469,8 +484,10 @@ class UpstreamKeepstore:
 
     # -- plumbing ------------------------------------------------------------
 
-    def _headers(self, extra: dict[bytes, bytes] | None = None) -> Headers:
+    def _headers(self, extra: dict[bytes, bytes] | None = None, request_id: str = "") -> Headers:
         h = Headers({b"Via": [b"HTTP/1.1 keepproxy"]})
+        if request_id:
+            h.setRawHeaders(b"X-Request-Id", [request_id.encode("ascii", "replace")])
         if self._token:
             h.setRawHeaders(b"Authorization", [f"Bearer {self._token}".encode()])
         for name, value in (extra or {}).items():
@@ -504,10 +521,10 @@ class UpstreamKeepstore:
 
         return d.addBoth(settle)
 
-    async def _request(self, method: bytes, path: str, body: Any = None) -> IResponse:
+    async def _request(self, method: bytes, path: str, body: Any = None, request_id: str = "") -> IResponse:
         try:
             return await self._timed(
-                self._agent.request(method, self._url(path), self._headers(), body),
+                self._agent.request(method, self._url(path), self._headers(request_id=request_id), body),
                 f"{method.decode()} {path[:33]}",
             )
         except (VolumeError, CancelledError):
@@ -522,17 +539,18 @@ class UpstreamKeepstore:
             return b""
 
     def _refused(self, method: str, hash: str, response: IResponse, body: bytes) -> VolumeError:
-        return VolumeError(
+        cls = VolumeFull if response.code == 507 else VolumeError
+        return cls(
             f"{self.name}: {method} {hash}: HTTP {response.code} {_error_text(body)!r}"
         )
 
     # -- reads ---------------------------------------------------------------
 
-    def stat(self, hash: str) -> "Deferred[int | None]":
-        return Deferred.fromCoroutine(self._stat(hash))
+    def stat(self, hash: str, *, request_id: str = "") -> "Deferred[int | None]":
+        return Deferred.fromCoroutine(self._stat(hash, request_id))
 
-    async def _stat(self, hash: str) -> int | None:
-        response = await self._request(b"HEAD", "/" + self._signed(hash))
+    async def _stat(self, hash: str, request_id: str = "") -> int | None:
+        response = await self._request(b"HEAD", "/" + self._signed(hash), request_id=request_id)
         if response.code == 404:
             return None
         if response.code != 200:
@@ -543,21 +561,21 @@ class UpstreamKeepstore:
         except ValueError:
             raise VolumeError(f"{self.name}: HEAD {hash}: bad Content-Length {raw[0]!r}") from None
 
-    def open_read(self, hash: str) -> "Deferred[IBlockReader | None]":
-        return Deferred.fromCoroutine(self._open_read(hash))
+    def open_read(self, hash: str, *, request_id: str = "") -> "Deferred[IBlockReader | None]":
+        return Deferred.fromCoroutine(self._open_read(hash, request_id))
 
-    async def _open_read(self, hash: str) -> IBlockReader | None:
+    async def _open_read(self, hash: str, request_id: str = "") -> IBlockReader | None:
         size: int | None = None
         if self._needs_size:
-            size = await self._stat(hash)
+            size = await self._stat(hash, request_id)
             if size is None:
                 return None
-        response = await self._request(b"GET", "/" + self._signed(hash, size))
+        response = await self._request(b"GET", "/" + self._signed(hash, size), request_id=request_id)
         if response.code == 405 and size is None:
             # An Arvados keepstore: GET needs the size hint.
             await self._error_body(response)
             self._needs_size = True
-            return await self._open_read(hash)
+            return await self._open_read(hash, request_id)
         if response.code == 404:
             await self._error_body(response)
             return None
@@ -599,7 +617,7 @@ class UpstreamKeepstore:
 
     # -- writes --------------------------------------------------------------
 
-    def open_write(self, hash: str, size: int) -> "Deferred[IBlockWriter]":
+    def open_write(self, hash: str, size: int, *, request_id: str = "") -> "Deferred[IBlockWriter]":
         """Start the ``PUT``; fires once the connection is up and the headers
         are sent (so a keepstore that is down fails here, and the proxy picks
         the next one)."""
@@ -610,7 +628,7 @@ class UpstreamKeepstore:
         headers = self._headers({
             b"Content-Type": b"application/octet-stream",
             b"X-Keep-Storage-Classes": ", ".join(self.storage_classes).encode(),
-        })
+        }, request_id=request_id)
         response = self._agent.request(b"PUT", self._url(f"/{hash}"), headers, producer)
         writer = UpstreamWriter(self, hash, size, producer, response)
         out: Deferred[IBlockWriter] = Deferred(lambda d: writer.abort())
@@ -621,7 +639,8 @@ class UpstreamKeepstore:
 
         def down(f: Failure) -> None:
             if not out.called:
-                out.errback(VolumeError(f"{self.name}: PUT {hash}: {_describe(f.value)}"))
+                cls = VolumeFull if isinstance(f.value, VolumeFull) else VolumeError
+                out.errback(cls(f"{self.name}: PUT {hash}: {_describe(f.value)}"))
 
         def early(_: object) -> None:
             # An answer (or a failure) before the body was taken.
