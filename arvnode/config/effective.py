@@ -41,6 +41,7 @@ def mask_secrets(config: Config) -> dict[str, Any]:
             "Controller": _service_dict(c.services.controller, False),
             "Keepproxy": _service_dict(c.services.keepproxy, False),
             "Keepstore": _service_dict(c.services.keepstore, True),
+            "Keepbalance": _service_dict(c.services.keepbalance, False),
         },
         "Collections": {
             "BlobSigning": c.collections.blob_signing,
@@ -51,6 +52,13 @@ def mask_secrets(config: Config) -> dict[str, Any]:
                 "User": {"Download": perm.user_download, "Upload": perm.user_upload},
                 "Admin": {"Download": perm.admin_download, "Upload": perm.admin_upload},
             },
+            "BlobTrash": c.collections.blob_trash,
+            "BlobTrashLifetime": format_duration(c.collections.blob_trash_lifetime),
+            "BlobTrashCheckInterval": format_duration(c.collections.blob_trash_check_interval),
+            "BlobTrashConcurrency": c.collections.blob_trash_concurrency,
+            "BlobDeleteConcurrency": c.collections.blob_delete_concurrency,
+            "BalancePeriod": format_duration(c.collections.balance_period),
+            "BalanceTimeout": format_duration(c.collections.balance_timeout),
         },
         "TLS": {
             "Certificate": c.tls.certificate,

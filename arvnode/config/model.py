@@ -122,6 +122,8 @@ class ServicesConfig:
     controller: ServiceConfig = ServiceConfig()
     keepproxy: ServiceConfig = ServiceConfig()
     keepstore: ServiceConfig = ServiceConfig()
+    # Services.Keepbalance: where arvnode's built-in balancer runs.
+    keepbalance: ServiceConfig = ServiceConfig()
 
 
 @frozen
@@ -141,6 +143,18 @@ class CollectionsConfig:
     blob_signing_ttl: float = 336 * 3600.0
     default_replication: int = 2
     keepproxy_permission: KeepproxyPermission = KeepproxyPermission()
+    # Block trash and garbage collection (Arvados' names and defaults).
+    # blob_trash false: nothing is ever trashed. A trashed block stays
+    # recoverable for blob_trash_lifetime (0: deleted at once).
+    blob_trash: bool = True
+    blob_trash_lifetime: float = 336 * 3600.0
+    # How often each local volume deletes its expired trash (0: never).
+    blob_trash_check_interval: float = 24 * 3600.0
+    blob_trash_concurrency: int = 4
+    blob_delete_concurrency: int = 4
+    # The built-in balancer's period (0: disabled) and per-run time limit.
+    balance_period: float = 6 * 3600.0
+    balance_timeout: float = 6 * 3600.0
 
 
 @frozen

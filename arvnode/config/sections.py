@@ -30,7 +30,10 @@ from arvnode.config.reader import _Reader, _Section, _show, _show_secret, _to_st
 from arvnode.ids import CLUSTER_ID_RE, UUID_RE
 
 
-_SERVICE_KEYS = {"controller": "Controller", "keepproxy": "Keepproxy", "keepstore": "Keepstore"}
+_SERVICE_KEYS = {
+    "controller": "Controller", "keepproxy": "Keepproxy", "keepstore": "Keepstore",
+    "keepbalance": "Keepbalance",
+}
 
 
 def _services(r: _Reader, cluster: _Section) -> ServicesConfig:
@@ -90,6 +93,13 @@ def _collections(r: _Reader, cluster: _Section) -> CollectionsConfig:
             admin_download=r.boolean(admin, "Download", True),
             admin_upload=r.boolean(admin, "Upload", True),
         ),
+        blob_trash=r.boolean(sec, "BlobTrash", True),
+        blob_trash_lifetime=r.duration(sec, "BlobTrashLifetime", 336 * 3600.0),
+        blob_trash_check_interval=r.duration(sec, "BlobTrashCheckInterval", 24 * 3600.0),
+        blob_trash_concurrency=r.integer(sec, "BlobTrashConcurrency", 4, minimum=1),
+        blob_delete_concurrency=r.integer(sec, "BlobDeleteConcurrency", 4, minimum=1),
+        balance_period=r.duration(sec, "BalancePeriod", 6 * 3600.0),
+        balance_timeout=r.duration(sec, "BalanceTimeout", 6 * 3600.0, positive=True),
     )
 
 

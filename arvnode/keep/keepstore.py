@@ -36,13 +36,25 @@ It speaks keepstore's dialect, not keepproxy's:
   ``Via`` of its own (it never forwards, so it cannot loop). A keepproxy
   whose upstream list wrongly names a keepproxy is stopped there, by that
   keepproxy's own loop check.
-* Trash, pull, mounts and ``+R`` remote reads (keep-balance's and the
-  federation's tools) are not served: 501 for the admin methods, 400 for a
-  ``+R``-only locator.
+* Admin routes (keep-balance's, and arvnode's balancer's), all
+  ``SystemRootToken`` only (no token 401, another 403), as Arvados' keepstore:
+  ``GET /mounts`` (the local volumes: ``uuid``, ``device_id``, ``read_only``,
+  ``allow_write``, ``allow_trash``, ``replication``, ``storage_classes``),
+  ``GET /mounts/<uuid>/blocks[/<prefix>|?prefix=]`` (one mount's index),
+  ``PUT /trash`` (a JSON list of ``{locator, block_mtime, mount_uuid}``
+  replacing the pending one, worked on by ``BlobTrashConcurrency`` workers,
+  :mod:`arvnode.keep.trash`), ``PUT /untrash/<locator>`` (200, or 404 when no
+  volume had it in its trash), ``TOUCH /<locator>`` (200, 404 absent) and
+  ``DELETE /<locator>`` (trash it where it is older than ``BlobSigningTTL``;
+  200 if some volume has it, 404 if none, 405 with ``BlobTrash: false``).
+  ``PUT /pull`` (keep-balance's pull lists: copy blocks from other
+  keepstores, :mod:`arvnode.keep.pull`).
+  ``+R`` remote reads are not served: 400 for a ``+R``-only locator.
 """
 from __future__ import annotations
 
 import hmac
+import json
 import socket
 from typing import Any, Callable, Sequence
 
@@ -65,7 +77,9 @@ from arvnode.keep.locator import (
     sign_locator,
     verify_locator,
 )
+from arvnode.keep.pull import Puller
 from arvnode.keep.rendezvous import sort_services
+from arvnode.keep.trash import TrashListWorker, TrashPolicy, parse_trash_list
 from arvnode.keep.upload import (
     HashMismatch,
     InflightBudget,
@@ -85,8 +99,8 @@ from arvnode.web.metrics import NodeMetrics
 
 __all__ = ["Keepstore", "KeepstoreSite", "RoleError", "build_keepstore_site", "keepstore_role"]
 
-_ADMIN_METHODS = (b"DELETE", b"TOUCH")
-_ADMIN_PATHS = (b"/pull", b"/trash", b"/mounts")
+#: Largest trash or pull list accepted (about 600,000 entries).
+ADMIN_LIST_LIMIT = 64 << 20
 
 
 def request_token(request: Any) -> str | None:
@@ -124,6 +138,10 @@ class Keepstore:
         upload_window: int,
         max_inflight_bytes: int,
         idle_timeout: float,
+        blob_trash: bool = True,
+        trash_concurrency: int = 4,
+        puller: Any = None,
+        tls_policy: Any = None,
     ) -> None:
         self.reactor = reactor
         self.clock = clock
@@ -142,6 +160,33 @@ class Keepstore:
         self.relay_stats = RelayStats()
         self.bad_replicas = BadReplicas()
         self.resource = HandlerResource(self, "keepstore")
+        self.blob_trash = blob_trash
+        self.trash_worker = TrashListWorker(
+            volumes=self.trashable, policy=TrashPolicy(enabled=blob_trash, signing_ttl=signing_ttl),
+            clock=clock, concurrency=trash_concurrency,
+        )
+        self._tls_policy = tls_policy
+        #: Works on ``PUT /pull`` lists (arvnode/keep/pull.py).
+        self.puller = puller if puller is not None else Puller(
+            volumes=self.trashable, source=self._pull_source, clock=clock,
+            concurrency=trash_concurrency,
+        )
+
+    def _pull_source(self, url: str) -> Any:
+        """Another keepstore to pull from, with SystemRootToken and locators
+        signed for it (as Arvados' pull worker does)."""
+        from arvnode.keep.volumes.upstream import UpstreamKeepstore
+
+        return UpstreamKeepstore(
+            "pull-source", url, reactor=self.reactor, clock=self.clock, token=self._root_token,
+            signing_key=self.signing_key, signing_ttl=self.signing_ttl,
+            tls_policy=self._tls_policy if url.startswith("https:") else None,
+        )
+
+    def trashable(self) -> list[IVolume]:
+        """The mounts that may trash, touch and untrash: the writable ones,
+        by UUID (Arvados' ``AllowTrash`` without ``AllowTrashWhenReadOnly``)."""
+        return sorted((v for v in self.volumes if not v.read_only), key=lambda v: v.uuid)
 
     # -- shared --------------------------------------------------------------
 
@@ -162,7 +207,67 @@ class Keepstore:
     def header_hook(self, request: StreamingRequest) -> Any:
         if request.method == b"PUT" and _block_path(request.path) is not None:
             return self._put_headers(request)
+        if request.method == b"PUT" and request.path in (b"/trash", b"/pull"):
+            return self._list_headers(request)
         return None
+
+    async def _list_headers(self, request: StreamingRequest) -> BodySink | None:
+        """``PUT /trash`` and ``PUT /pull``: the token is checked before
+        the body is read, and the body (JSON, up to :data:`ADMIN_LIST_LIMIT`)
+        is collected by a sink rather than the site's small buffer."""
+        try:
+            self._require_root(request)
+            if (
+                request.content_length_invalid
+                or request.getHeader(b"content-length") is None
+                or request.declared_length is None
+            ):
+                raise KeepError(411, "Length Required")
+            if request.declared_length > ADMIN_LIST_LIMIT:
+                raise KeepError(413, f"list larger than {ADMIN_LIST_LIMIT} bytes")
+            if request.path == b"/pull" and self.puller is None:
+                raise KeepError(501, "pull lists are not implemented by this keepstore")
+        except KeepError as e:
+            self.send_error(request, e.code, e.message, e.headers)
+            return None
+        return _ListSink(self, request)
+
+    def list_received(self, request: StreamingRequest, body: bytes) -> None:
+        """A whole ``PUT /trash`` or ``/pull`` body arrived: act, answer."""
+        try:
+            try:
+                data = json.loads(body)
+            except ValueError as e:
+                raise KeepError(400, f"the body is not JSON: {e}") from e
+            try:
+                if request.path == b"/trash":
+                    self.trash_worker.set_list(parse_trash_list(data))
+                else:
+                    self.puller.set_list(data)
+            except ValueError as e:
+                raise KeepError(400, str(e)) from e
+        except KeepError as e:
+            self.send_error(request, e.code, e.message, e.headers)
+            return
+        self._ok(request)
+
+    def _ok(self, request: Any, body: bytes = b"", content_type: bytes = b"text/plain; charset=utf-8") -> None:
+        if request.finished or request._disconnected:
+            return
+        request.setResponseCode(200)
+        request.setHeader(b"Content-Type", content_type)
+        request.setHeader(b"Content-Length", str(len(body)).encode())
+        if body:
+            request.write(body)
+        request.finish()
+
+    def _require_root(self, request: Any) -> None:
+        """Admin routes: SystemRootToken only (no token 401, another 403)."""
+        token = request_token(request)
+        if token is None:
+            raise KeepError(401, "no token provided in Authorization header")
+        if not self._root_token or not hmac.compare_digest(token.encode(), self._root_token.encode()):
+            raise KeepError(403, "Forbidden")
 
     async def _put_headers(self, request: StreamingRequest) -> BodySink | None:
         try:
@@ -306,27 +411,124 @@ class Keepstore:
                 prefix = request.args[b"prefix"][0].decode("ascii", "replace")
             await self._index(request, prefix)
             return
-        if path.startswith(_ADMIN_PATHS) or path.startswith(b"/untrash/"):
-            raise KeepError(501, "not implemented by arvnode's keepstore")
+        if path == b"/mounts" or path.startswith(b"/mounts/"):
+            if method != b"GET":
+                raise KeepError(400, "Bad Request")
+            await self._mounts(request, path)
+            return
+        if path in (b"/trash", b"/pull"):
+            raise KeepError(400, "Bad Request")  # PUT is taken at header time
+        if path.startswith(b"/untrash/"):
+            text = _block_path(path[len(b"/untrash"):])
+            if method != b"PUT" or text is None:
+                raise KeepError(400, "Bad Request")
+            self._require_root(request)
+            await self._untrash(request, text)
+            return
         text = _block_path(path)
         if text is None:
             raise KeepError(400, "Bad Request")
-        if method in _ADMIN_METHODS:
-            raise KeepError(501, "not implemented by arvnode's keepstore")
+        if method == b"TOUCH":
+            self._require_root(request)
+            await self._touch(request, text)
+            return
+        if method == b"DELETE":
+            self._require_root(request)
+            await self._delete(request, text)
+            return
         if method not in (b"GET", b"HEAD"):
             raise KeepError(400, "Bad Request")
         await self._read(request, text)
 
+    # -- admin ---------------------------------------------------------------
+
+    @staticmethod
+    def _hash_of(text: str) -> str:
+        try:
+            return parse_locator(text).hash
+        except LocatorError as e:
+            raise KeepError(400, "invalid locator") from e
+
+    async def _mounts(self, request: Any, path: bytes) -> None:
+        parts = path.split(b"/")  # ["", "mounts", uuid, "blocks", prefix?]
+        if len(parts) == 2:
+            self._require_root(request)
+            mounts = [_mount_json(v) for v in sorted(self.volumes, key=lambda v: v.uuid)]
+            self._ok(request, json.dumps(mounts).encode(), b"application/json")
+            return
+        if len(parts) not in (4, 5) or parts[3] != b"blocks":
+            raise KeepError(400, "Bad Request")
+        self._require_root(request)
+        uuid = parts[2].decode("ascii", "replace")
+        prefix = parts[4].decode("ascii", "replace") if len(parts) == 5 else ""
+        if not prefix and request.args.get(b"prefix"):
+            prefix = request.args[b"prefix"][0].decode("ascii", "replace")
+        volume = next((v for v in self.volumes if v.uuid == uuid), None)
+        if volume is None:
+            raise KeepError(404, "Not Found")
+        await self._write_index(request, [volume], prefix)
+
+    async def _untrash(self, request: Any, text: str) -> None:
+        """Every writable mount; 200 if one had it in its trash, else 404."""
+        hash = self._hash_of(text)
+        found, errors = False, []
+        for v in self.trashable():
+            try:
+                found = await v.untrash(hash) or found
+            except Exception as e:
+                errors.append(f"{v.uuid}: {e}")
+        if found:
+            self._ok(request)
+        elif errors:
+            raise KeepError(503, "volume unavailable: " + "; ".join(errors))
+        else:
+            raise KeepError(404, "Not Found")
+
+    async def _touch(self, request: Any, text: str) -> None:
+        hash = self._hash_of(text)
+        errors = []
+        for v in self.trashable():
+            try:
+                if await v.touch(hash):
+                    self._ok(request)
+                    return
+            except Exception as e:
+                errors.append(f"{v.uuid}: {e}")
+        if errors:
+            raise KeepError(503, "volume unavailable: " + "; ".join(errors))
+        raise KeepError(404, "Not Found")
+
+    async def _delete(self, request: Any, text: str) -> None:
+        """Trash the block on every writable mount where it is older than
+        BlobSigningTTL (the volume checks); 200 if some mount has it (even
+        when too new to trash, as Arvados answers), 404 if none does."""
+        if not self.blob_trash:
+            raise KeepError(405, "method not allowed")
+        hash = self._hash_of(text)
+        present, errors = False, []
+        for v in self.trashable():
+            try:
+                if await v.stat(hash) is None:
+                    continue
+                present = True
+                await v.trash(hash)
+            except Exception as e:
+                errors.append(f"{v.uuid}: {e}")
+        if errors:
+            raise KeepError(503, "volume unavailable: " + "; ".join(errors))
+        if not present:
+            raise KeepError(404, "Not Found")
+        self._ok(request)
+
     async def _index(self, request: Any, prefix: str) -> None:
-        token = request_token(request)
-        if token is None:
-            raise KeepError(401, "no token provided in Authorization header")
-        if not self._root_token or not hmac.compare_digest(token.encode(), self._root_token.encode()):
-            raise KeepError(403, "Forbidden")
+        self._require_root(request)
+        await self._write_index(request, sorted(self.volumes, key=lambda v: v.uuid), prefix)
+
+    async def _write_index(self, request: Any, volumes: Sequence[IVolume], prefix: str) -> None:
         if any(c not in "0123456789abcdef" for c in prefix) or len(prefix) > 32:
             raise KeepError(400, "invalid prefix")
         lines: list[str] = []
-        for v in sorted(self.volumes, key=lambda v: v.uuid):
+        for v in volumes:
             try:
                 entries = await v.index(prefix)
             except Exception as e:
@@ -411,6 +613,38 @@ def _block_path(path: bytes) -> str | None:
     return text
 
 
+def _mount_json(v: IVolume) -> dict[str, Any]:
+    """One entry of ``GET /mounts``: Arvados' ``KeepMount`` fields, with both
+    the older ``read_only`` and the newer ``allow_write``/``allow_trash``."""
+    return {
+        "uuid": v.uuid,
+        "device_id": getattr(v, "device_id", v.uuid),
+        "read_only": bool(v.read_only),
+        "allow_write": not v.read_only,
+        "allow_trash": not v.read_only,
+        "replication": v.replication,
+        "storage_classes": {c: True for c in v.storage_classes},
+    }
+
+
+class _ListSink:
+    """Collects a ``PUT /trash`` or ``/pull`` body (already size-checked)."""
+
+    def __init__(self, keepstore: Keepstore, request: StreamingRequest) -> None:
+        self._keepstore = keepstore
+        self._request = request
+        self._parts: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self._parts.append(bytes(data))
+
+    def finish(self) -> None:
+        self._keepstore.list_received(self._request, b"".join(self._parts))
+
+    def fail(self, reason: Failure) -> None:
+        self._parts = []
+
+
 class KeepstoreSite(HandlerSite):
     """The keepstore API's site (errors carry the keepstore headers)."""
 
@@ -436,6 +670,10 @@ def build_keepstore_site(
     upload_window: int,
     max_inflight_bytes: int,
     idle_timeout: float,
+    blob_trash: bool = True,
+    trash_concurrency: int = 4,
+    puller: Any = None,
+    tls_policy: Any = None,
 ) -> KeepstoreSite:
     """The keepstore API as a site (``service="keepstore"``), over ``volumes``.
 
@@ -457,6 +695,10 @@ def build_keepstore_site(
         upload_window=upload_window,
         max_inflight_bytes=max_inflight_bytes,
         idle_timeout=idle_timeout,
+        blob_trash=blob_trash,
+        trash_concurrency=trash_concurrency,
+        puller=puller,
+        tls_policy=tls_policy,
     )
     site = KeepstoreSite(
         keepstore.resource,

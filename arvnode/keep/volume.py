@@ -107,3 +107,26 @@ class IVolume(Interface):
     def index(prefix: str) -> "Deferred[Sequence[tuple[str, int, int]]]":
         """``(hash, size, mtime_ns)`` of every block whose hash starts with
         ``prefix``, for ``/index``."""
+
+    # -- trash (arvnode/keep/trash.py; docs contract: block trash & GC) -------
+
+    def trash(hash: str, mtime_ns: "int | None" = None) -> "Deferred[bool]":
+        """Move the block to this volume's trash, recoverable until
+        ``Collections.BlobTrashLifetime`` has passed (lifetime 0: delete it,
+        where the volume allows that). False, doing nothing, when: the block
+        is absent; ``mtime_ns`` is given and differs from its stored mtime
+        (written or touched since the caller looked); its mtime is within
+        ``BlobSigningTTL`` of now; ``BlobTrash`` is false; the volume is
+        read-only. True: trashed (an upstream keepstore: the trash request
+        was accepted; it trashes asynchronously, with the same checks)."""
+
+    def untrash(hash: str) -> "Deferred[bool]":
+        """Make the newest trashed copy live again; False if there is none.
+        A block that is live already stays as it is (True)."""
+
+    def empty_trash(now: float) -> "Deferred[int]":
+        """Delete for good the trashed copies whose lifetime ended by ``now``
+        (seconds since the epoch); how many."""
+
+    def touch(hash: str) -> "Deferred[bool]":
+        """Set the block's mtime to now; False if it is absent."""

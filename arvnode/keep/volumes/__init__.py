@@ -14,6 +14,7 @@ from typing import Iterable, Mapping, Protocol
 from twisted.internet.interfaces import IReactorFromThreads
 from twisted.python.threadpool import ThreadPool
 
+from arvnode.keep.trash import TrashPolicy
 from arvnode.keep.volume import IVolume
 from arvnode.keep.volumes.directory import DirectoryVolume
 
@@ -63,11 +64,14 @@ def build_volume(
     threadpool: ThreadPool,
     rng: random.Random,
     commit_threadpool: ThreadPool | None = None,
+    trash_policy: TrashPolicy | None = None,
 ) -> IVolume:
     """Build the (not yet started) volume ``uuid`` described by ``volume_config``.
 
     Raises :class:`ValueError` naming the problem for an unknown driver or a
-    missing/invalid driver parameter.
+    missing/invalid driver parameter. ``trash_policy`` (from
+    ``Collections.BlobTrash*``; default Arvados' defaults) governs
+    ``trash``/``empty_trash``.
     """
     driver = volume_config.driver
     if driver == "Directory":
@@ -87,6 +91,7 @@ def build_volume(
             storage_classes=_storage_classes(volume_config.storage_classes),
             rng=rng,
             commit_threadpool=commit_threadpool,
+            trash_policy=trash_policy,
         )
     if driver == "S3":
         # Imported here: botocore is only loaded by nodes with S3 volumes.
@@ -97,7 +102,7 @@ def build_volume(
             s3_params = parse_s3_parameters(volume_config.driver_parameters)
         except S3ParameterError as e:
             raise ValueError(f"Volumes.{uuid}.DriverParameters: {e}") from None
-        return S3Volume(
+        volume = S3Volume(
             uuid,
             s3_params,
             reactor=reactor,
@@ -107,4 +112,6 @@ def build_volume(
             read_only=bool(volume_config.read_only),
             storage_classes=_storage_classes(volume_config.storage_classes),
         )
+        volume.trash_policy = trash_policy
+        return volume
     raise ValueError(f"Volumes.{uuid}.Driver: unsupported volume driver {driver!r}")

@@ -32,20 +32,23 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import math
 import os
 import random
 import re
 import stat as statmod
+import threading
 from typing import Callable, Iterable, Sequence, TypeVar
 
 from twisted.internet.defer import Deferred, fail, gatherResults, succeed
-from twisted.internet.interfaces import IReactorFromThreads
+from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
+from arvnode.keep.trash import TrashPolicy
 from arvnode.keep.volume import IBlockReader, IBlockWriter, IVolume, VolumeError, VolumeFull
 from arvnode.keep.volumes._filereader import ThreadedFileReader
 from arvnode.keep.volumes._pooljobs import Serial, detached
@@ -57,6 +60,9 @@ HASH_RE = re.compile(r"^[0-9a-f]{32}$")
 _SUBDIR_RE = re.compile(r"^[0-9a-f]{3}$")
 #: Marker of an unfinished write; ``<hash>.tmp-<16 hex>``.
 TMP_MARKER = ".tmp-"
+#: A trashed block: ``<hash>.trash.<deadline>``, the deadline (Unix seconds)
+#: being when its lifetime ends -- Arvados' unix volume names them so too.
+TRASH_RE = re.compile(r"^([0-9a-f]{32})\.trash\.([0-9]+)$")
 
 #: Start writeback (and drop the range before) every this many bytes written.
 WRITEBACK_INTERVAL = 4 << 20
@@ -144,6 +150,8 @@ class DirectoryVolume:
         rng: random.Random | None = None,
         read_chunk: int = DEFAULT_READ_CHUNK,
         commit_threadpool: ThreadPool | None = None,
+        clock: IReactorTime | None = None,
+        trash_policy: TrashPolicy | None = None,
     ) -> None:
         if read_chunk <= 0:
             raise ValueError(f"read_chunk must be positive, not {read_chunk}")
@@ -161,6 +169,12 @@ class DirectoryVolume:
         self._rng = rng if rng is not None else random.SystemRandom()
         self._writeback = _Writeback()
         self._writers: set[BlockWriter] = set()
+        self._clock: IReactorTime = clock if clock is not None else reactor  # type: ignore[assignment]
+        self.trash_policy = trash_policy if trash_policy is not None else TrashPolicy()
+        # Held (on pool threads) around every check-then-rename of a committed
+        # block name: a commit of the same hash and a trash of it never
+        # interleave, so an acknowledged PUT is never trashed half-way.
+        self._names_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"<DirectoryVolume {self.uuid}>"
@@ -495,6 +509,171 @@ class DirectoryVolume:
         out.sort()
         return out
 
+    # -- trash ---------------------------------------------------------------
+    #
+    # A trashed block is renamed, in its own subdirectory, to
+    # ``<hash>.trash.<deadline>`` (Arvados' unix volume convention): one
+    # atomic rename on the same filesystem, then an fsync of the directory,
+    # so after a crash the block is under exactly one of its two names and
+    # whole. Names other than ``<hash>`` are invisible to index, open_read
+    # and stat; start() removes only ``.tmp-`` files, never trash.
+
+    @property
+    def device_id(self) -> str:
+        """What keepstore's ``/mounts`` reports (Arvados: host and path)."""
+        import socket
+
+        return f"{socket.gethostname()}:{self.root}"
+
+    def trash(self, hash: str, mtime_ns: int | None = None) -> "Deferred[bool]":
+        bad: Deferred[bool] | None = self._bad_hash(hash)
+        if bad is not None:
+            return bad
+        if self.read_only or not self.trash_policy.enabled:
+            return succeed(False)
+        return self._run(self._trash_blocking, hash, mtime_ns, self._clock.seconds())
+
+    def _trash_blocking(self, hash: str, mtime_ns: int | None, now: float) -> bool:
+        path = self.block_path(hash)
+        policy = self.trash_policy
+        with self._names_lock:
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                return False
+            except OSError as e:
+                raise self._error("stat", path, e) from e
+            if not statmod.S_ISREG(st.st_mode):
+                return False
+            if mtime_ns is not None and st.st_mtime_ns != mtime_ns:
+                return False
+            if policy.too_new(st.st_mtime_ns, now):
+                return False
+            try:
+                if policy.lifetime <= 0:
+                    os.unlink(path)
+                else:
+                    deadline = math.ceil(now + policy.lifetime)
+                    os.rename(path, f"{path}.trash.{deadline}")
+            except OSError as e:
+                raise self._error("trash", path, e) from e
+        try:
+            self._fsync_dir(os.path.dirname(path))
+        except OSError as e:
+            raise self._error("fsync", os.path.dirname(path), e) from e
+        return True
+
+    def _trashed(self, hash: str) -> list[tuple[int, str]]:
+        """``(deadline, path)`` of the trashed copies of ``hash``."""
+        subdir = os.path.dirname(self.block_path(hash))
+        out = []
+        try:
+            with os.scandir(subdir) as it:
+                for entry in it:
+                    m = TRASH_RE.match(entry.name)
+                    if m and m.group(1) == hash:
+                        out.append((int(m.group(2)), entry.path))
+        except FileNotFoundError:
+            return []
+        except OSError as e:
+            raise self._error("list", subdir, e) from e
+        return out
+
+    def untrash(self, hash: str) -> "Deferred[bool]":
+        bad: Deferred[bool] | None = self._bad_hash(hash)
+        if bad is not None:
+            return bad
+        if self.read_only:
+            return succeed(False)
+        return self._run(self._untrash_blocking, hash)
+
+    def _untrash_blocking(self, hash: str) -> bool:
+        path = self.block_path(hash)
+        with self._names_lock:
+            copies = sorted(self._trashed(hash), reverse=True)
+            if not copies:
+                return False
+            if self._stat_blocking(path) is not None:
+                # Written again since: the live copy (and its newer mtime)
+                # stays; the trashed one expires on its own.
+                return True
+            for _, trashed in copies:
+                try:
+                    os.rename(trashed, path)
+                except FileNotFoundError:
+                    continue  # emptied meanwhile: try an older copy
+                except OSError as e:
+                    raise self._error("untrash", trashed, e) from e
+                break
+            else:
+                return False
+        self._fsync_dir(os.path.dirname(path))
+        return True
+
+    def empty_trash(self, now: float) -> "Deferred[int]":
+        """One pool job per subdirectory, so reads and writes interleave."""
+        if self.read_only:
+            return succeed(0)
+        return Deferred.fromCoroutine(self._empty_trash(now))
+
+    async def _empty_trash(self, now: float) -> int:
+        subdirs = await self._run(self._subdirs)
+        total = 0
+        for d in subdirs:
+            total += await self._run(self._empty_subdir, d, now)
+        return total
+
+    def _subdirs(self) -> list[str]:
+        try:
+            with os.scandir(self.root) as it:
+                return sorted(e.path for e in it if _SUBDIR_RE.match(e.name) and e.is_dir())
+        except FileNotFoundError:
+            return []
+        except OSError as e:
+            raise self._error("list", self.root, e) from e
+
+    def _empty_subdir(self, subdir: str, now: float) -> int:
+        removed = 0
+        try:
+            with os.scandir(subdir) as it:
+                expired = [
+                    e.path for e in it
+                    if (m := TRASH_RE.match(e.name)) is not None and int(m.group(2)) <= now
+                ]
+        except FileNotFoundError:
+            return 0
+        except OSError as e:
+            raise self._error("list", subdir, e) from e
+        for path in expired:
+            try:
+                os.unlink(path)
+                removed += 1
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                raise self._error("unlink", path, e) from e
+        if removed:
+            self._fsync_dir(subdir)
+        return removed
+
+    def touch(self, hash: str) -> "Deferred[bool]":
+        bad: Deferred[bool] | None = self._bad_hash(hash)
+        if bad is not None:
+            return bad
+        if self.read_only:
+            return succeed(False)
+        return self._run(self._touch_blocking, self.block_path(hash))
+
+    def _touch_blocking(self, path: str) -> bool:
+        with self._names_lock:
+            try:
+                os.utime(path)
+            except FileNotFoundError:
+                return False
+            except OSError as e:
+                raise self._error("touch", path, e) from e
+        return True
+
 
 @implementer(IBlockWriter)
 class BlockWriter:
@@ -642,13 +821,14 @@ class BlockWriter:
             self._fd = None
             os.close(fd)
             op, path = "rename", final
-            if self._same_block_exists(final):
-                # Keep the existing copy (its inode may be open by readers)
-                # and refresh its mtime, as keepstore's Touch does.
-                os.unlink(self._tmp)
-                os.utime(final)
-            else:
-                os.rename(self._tmp, final)
+            with self._vol._names_lock:
+                if self._same_block_exists(final):
+                    # Keep the existing copy (its inode may be open by readers)
+                    # and refresh its mtime, as keepstore's Touch does.
+                    os.unlink(self._tmp)
+                    os.utime(final)
+                else:
+                    os.rename(self._tmp, final)
             op, path = "fsync", os.path.dirname(final)
             self._vol._fsync_dir(path)
         except OSError as e:

@@ -286,6 +286,38 @@ class S3Volume:
         mtime_ns = calendar.timegm(when.utctimetuple()) * 10**9 + when.microsecond * 1000
         return hash, size, mtime_ns
 
+    # -- trash (delegates to arvnode/keep/volumes/s3trash.py) ----------------------
+
+    #: A TrashPolicy, set by build_volume from Collections.BlobTrash*
+    #: (None: Arvados' defaults).
+    trash_policy: Any = None
+
+    @property
+    def device_id(self) -> str:
+        from arvnode.keep.volumes import s3trash
+
+        return s3trash.device_id(self)
+
+    def trash(self, hash: str, mtime_ns: int | None = None) -> "Deferred[bool]":
+        from arvnode.keep.volumes import s3trash
+
+        return self._bad_hash(hash) or Deferred.fromCoroutine(s3trash.trash(self, hash, mtime_ns))
+
+    def untrash(self, hash: str) -> "Deferred[bool]":
+        from arvnode.keep.volumes import s3trash
+
+        return self._bad_hash(hash) or Deferred.fromCoroutine(s3trash.untrash(self, hash))
+
+    def empty_trash(self, now: float) -> "Deferred[int]":
+        from arvnode.keep.volumes import s3trash
+
+        return Deferred.fromCoroutine(s3trash.empty_trash(self, now))
+
+    def touch(self, hash: str) -> "Deferred[bool]":
+        from arvnode.keep.volumes import s3trash
+
+        return self._bad_hash(hash) or Deferred.fromCoroutine(s3trash.touch(self, hash))
+
 
 class _Discard(Protocol):
     def dataReceived(self, data: bytes) -> None:

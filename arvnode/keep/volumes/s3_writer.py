@@ -176,8 +176,22 @@ class S3BlockWriter:
             self._fail(err)
             return fail(err)
         if self._present:
+            # Already stored: refresh its LastModified (its mtime), as
+            # keepstore touches a block written again, so a block PUT again
+            # now is not trashed as old (arvnode/keep/trash.py). Gone since
+            # the HEAD (trashed meanwhile): fail, and the client's retry
+            # uploads it.
             self._state = "committed"
-            return succeed(None)
+
+            def touched(found: bool) -> None:
+                if not found:
+                    raise S3Error(f"{self._what}: the stored copy vanished before commit")
+
+            def failed(f: Failure) -> Failure:
+                self._state = "failed"
+                return f
+
+            return self._vol.touch(self.hash).addCallback(touched).addErrback(failed)
         self._state = "committing"
         self._committed = Deferred()
         if self._tail:

@@ -48,6 +48,8 @@ Decisions:
 """
 from __future__ import annotations
 
+import json
+from io import BytesIO
 from typing import Any, Iterable, Sequence
 
 from twisted.internet.defer import (
@@ -61,7 +63,7 @@ from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer, 
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
+from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, ResponseDone
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer, IPolicyForHTTPS, IResponse, UNKNOWN_LENGTH
 from zope.interface import implementer
@@ -321,7 +323,9 @@ class UpstreamReader:
         if self._consumer is not None or self._closed:
             return fail(VolumeError(f"{self._vol.name}: reader already used or closed"))
         self._consumer = consumer
-        self._done = Deferred(lambda d: self.stopProducing())
+        # A local reference: when the body already ended, _finish fires and
+        # clears self._done before this returns.
+        done = self._done = Deferred(lambda d: self.stopProducing())
         consumer.registerProducer(self, True)
         early, self._early = self._early, []
         for chunk in early:
@@ -330,7 +334,7 @@ class UpstreamReader:
             self._finish(self._end)
         else:
             self._transport_resume()
-        return self._done
+        return done
 
     def close(self) -> None:
         if self._closed:
@@ -659,6 +663,70 @@ class UpstreamKeepstore:
         )
         out.addBoth(lambda r: (timeout.active() and timeout.cancel(), r)[1])
         return out
+
+    # -- trash: that keepstore's admin API, with SystemRootToken ---------------
+
+    @property
+    def device_id(self) -> str:
+        return self.root_url
+
+    def trash(self, hash: str, mtime_ns: int | None = None) -> "Deferred[bool]":
+        """``PUT /trash`` with this block only, after checking its mtime in
+        that keepstore's ``/index`` (the keepstore checks again itself).
+
+        True means the keepstore accepted the request: keepstore trashes
+        asynchronously and answers nothing about the outcome. Note that a
+        trash list *replaces* the keepstore's pending one (Arvados'
+        semantics), so many blocks are best sent as one list by the caller.
+        """
+        if self.read_only:
+            return succeed(False)
+        return Deferred.fromCoroutine(self._trash(hash, mtime_ns))
+
+    async def _trash(self, hash: str, mtime_ns: int | None) -> bool:
+        from arvnode.keep.trash import TrashPolicy
+
+        policy = TrashPolicy(signing_ttl=self._ttl)
+        now = self.clock.seconds()
+        entries = [(size, mtime) for h, size, mtime in await self._index(hash) if h == hash]
+        if mtime_ns is not None:
+            entries = [e for e in entries if e[1] == mtime_ns]
+        entries = [e for e in entries if not policy.too_new(e[1], now)]
+        if not entries:
+            return False
+        body = json.dumps(
+            [{"locator": f"{hash}+{size}", "block_mtime": mtime} for size, mtime in sorted(set(entries))]
+        ).encode()
+        response = await self._request(b"PUT", "/trash", FileBodyProducer(BytesIO(body)))
+        text = await self._error_body(response)
+        if response.code != 200:
+            raise self._refused("PUT /trash", hash, response, text)
+        return True
+
+    def untrash(self, hash: str) -> "Deferred[bool]":
+        """``PUT /untrash/<hash>``: 200 True, 404 False."""
+        if self.read_only:
+            return succeed(False)
+        return Deferred.fromCoroutine(self._admin(b"PUT", f"/untrash/{hash}", hash))
+
+    def touch(self, hash: str) -> "Deferred[bool]":
+        """``TOUCH /<hash>``: 200 True, 404 False."""
+        if self.read_only:
+            return succeed(False)
+        return Deferred.fromCoroutine(self._admin(b"TOUCH", f"/{hash}", hash))
+
+    def empty_trash(self, now: float) -> "Deferred[int]":
+        """That keepstore empties its own trash on its own timer."""
+        return succeed(0)
+
+    async def _admin(self, method: bytes, path: str, hash: str) -> bool:
+        response = await self._request(method, path)
+        text = await self._error_body(response)
+        if response.code == 404:
+            return False
+        if response.code != 200:
+            raise self._refused(f"{method.decode()} {path[:9]}", hash, response, text)
+        return True
 
 
 def _describe(e: BaseException) -> str:

@@ -1,0 +1,278 @@
+"""Block trash: the settings volumes obey, keepstore's trash-list worker, and
+the empty-trash timer (docs/configure.md, ``Collections.BlobTrash*``).
+
+Why it is shaped like Arvados' keepstore: keep-balance (Arvados', or
+arvnode's own balancer) decides *which* blocks are garbage; a keepstore only
+moves them to a trash area where they stay recoverable for
+``BlobTrashLifetime``, and a timer deletes them for good afterwards. Losing a
+referenced block is the worst possible bug, so every check errs on keeping:
+
+* a block whose mtime is within ``BlobSigningTTL`` of now is never trashed
+  (a client may hold a signed locator it has not saved in a collection yet);
+* a trash-list entry names the mtime its sender saw; if the block was
+  written or touched since, it is left alone;
+* ``BlobTrash: false`` trashes nothing, and the timer then does not run.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+from attrs import frozen
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+__all__ = [
+    "EMPTY_TRASH_SERVICE_NAME",
+    "EmptyTrashService",
+    "TrashItem",
+    "TrashListWorker",
+    "TrashPolicy",
+    "parse_trash_list",
+]
+
+EMPTY_TRASH_SERVICE_NAME = "blob-trash-sweeper"
+
+
+@frozen
+class TrashPolicy:
+    """What a volume needs to know to trash safely (Arvados' defaults).
+
+    ``enabled`` is ``Collections.BlobTrash``; ``lifetime`` is
+    ``BlobTrashLifetime`` in seconds (0: a trashed block is deleted at once,
+    where the volume allows it); ``signing_ttl`` is ``BlobSigningTTL``.
+    """
+
+    enabled: bool = True
+    lifetime: float = 336 * 3600.0
+    signing_ttl: float = 336 * 3600.0
+
+    @classmethod
+    def from_config(cls, collections: Any) -> "TrashPolicy":
+        """From a ``CollectionsConfig``."""
+        return cls(
+            enabled=bool(collections.blob_trash),
+            lifetime=float(collections.blob_trash_lifetime),
+            signing_ttl=float(collections.blob_signing_ttl),
+        )
+
+    def too_new(self, mtime_ns: int, now: float) -> bool:
+        """Is a block with this mtime still inside the signing window?"""
+        return mtime_ns > int((now - self.signing_ttl) * 1e9)
+
+
+# -- PUT /trash ---------------------------------------------------------------------
+
+
+@frozen
+class TrashItem:
+    """One entry of a keep-balance trash list: ``block_mtime`` in ns, and
+    the mount to trash it on (``""``: every mount that may trash)."""
+
+    hash: str
+    block_mtime: int
+    mount_uuid: str = ""
+
+
+def parse_trash_list(data: Any) -> list[TrashItem]:
+    """The JSON body of ``PUT /trash``. @raise ValueError: naming what is wrong."""
+    if not isinstance(data, list):
+        raise ValueError("expected a JSON list of {locator, block_mtime, mount_uuid}")
+    out = []
+    for i, entry in enumerate(data):
+        if not isinstance(entry, dict):
+            raise ValueError(f"entry {i}: expected an object")
+        locator = entry.get("locator")
+        mtime = entry.get("block_mtime")
+        mount = entry.get("mount_uuid") or ""
+        if not isinstance(locator, str) or len(locator) < 32 or not all(
+            c in "0123456789abcdef" for c in locator[:32]
+        ) or (len(locator) > 32 and locator[32] != "+"):
+            raise ValueError(f"entry {i}: locator {locator!r} is not a block locator")
+        if isinstance(mtime, bool) or not isinstance(mtime, int):
+            raise ValueError(f"entry {i}: block_mtime must be an integer (nanoseconds)")
+        if not isinstance(mount, str):
+            raise ValueError(f"entry {i}: mount_uuid must be a string")
+        out.append(TrashItem(locator[:32], mtime, mount))
+    return out
+
+
+class TrashListWorker:
+    """Keepstore's trash queue: ``set_list`` replaces what is pending (as
+    Arvados' ``SetTrashList`` does: a new list from keep-balance supersedes
+    the old one), and up to ``concurrency`` items are worked on at once.
+
+    ``volumes()`` gives the mounts that may trash (writable local volumes);
+    each item is checked against ``BlobSigningTTL`` here (Arvados' worker
+    does) and then against its stored mtime by the volume itself.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        *,
+        volumes: Callable[[], Sequence[Any]],
+        policy: TrashPolicy,
+        clock: IReactorTime,
+        concurrency: int = 4,
+    ) -> None:
+        self._volumes = volumes
+        self._policy = policy
+        self._clock = clock
+        self._concurrency = max(1, concurrency)
+        self._todo: list[TrashItem] = []
+        self._running = 0
+        self._idle: list[Deferred[None]] = []
+        self.trashed = 0  # (block, volume) pairs trashed since start
+        self.skipped = 0  # items refused (too new, unknown mount, mtime changed)
+
+    @property
+    def pending(self) -> int:
+        return len(self._todo)
+
+    def set_list(self, items: Sequence[TrashItem]) -> None:
+        self._todo = list(items)
+        if not self._policy.enabled:
+            # Arvados runs no trash worker then; the list is accepted and dropped.
+            self._todo = []
+            return
+        while self._running < self._concurrency and self._todo:
+            self._running += 1
+            Deferred.fromCoroutine(self._work()).addErrback(
+                lambda f: self.log.failure("trash worker failed", f))
+
+    def idle(self) -> "Deferred[None]":
+        """Fires once the queue is empty and no item is in progress."""
+        if self._running == 0:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._idle.append(d)
+        return d
+
+    async def _work(self) -> None:
+        try:
+            while self._todo:
+                item = self._todo.pop(0)
+                try:
+                    await self._one(item)
+                except Exception:
+                    self.log.failure("trashing {hash} failed", hash=item.hash)
+        finally:
+            self._running -= 1
+            if self._running == 0:
+                waiting, self._idle = self._idle, []
+                for d in waiting:
+                    d.callback(None)
+
+    async def _one(self, item: TrashItem) -> None:
+        if self._policy.too_new(item.block_mtime, self._clock.seconds()):
+            self.skipped += 1
+            self.log.warn(
+                "asked to trash {hash} with mtime {mtime}, newer than BlobSigningTTL; skipped",
+                hash=item.hash, mtime=item.block_mtime)
+            return
+        mounts = list(self._volumes())
+        if item.mount_uuid:
+            mounts = [v for v in mounts if v.uuid == item.mount_uuid]
+            if not mounts:
+                self.skipped += 1
+                self.log.warn("trash request for {hash} on unknown or read-only mount {mount}",
+                              hash=item.hash, mount=item.mount_uuid)
+                return
+        for v in mounts:
+            try:
+                done = await v.trash(item.hash, item.block_mtime)
+            except Exception:
+                self.log.failure("trashing {hash} on {uuid} failed", hash=item.hash, uuid=v.uuid)
+                continue
+            if done:
+                self.trashed += 1
+                self.log.info("trashed {hash} on {uuid}", hash=item.hash, uuid=v.uuid)
+            else:
+                self.skipped += 1
+
+
+# -- the empty-trash timer ----------------------------------------------------------
+
+
+class EmptyTrashService(Service):
+    """Every ``interval`` seconds, ``empty_trash(now)`` on every volume
+    ``volumes()`` returns (the node's local directory and S3 volumes), one
+    volume at a time. Rounds never overlap; a volume that fails is logged
+    and the others still run. Stopping waits for a round in flight.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        volumes: Callable[[], Sequence[Any]],
+        *,
+        clock: IReactorTime,
+        interval: float,
+    ) -> None:
+        if interval <= 0:
+            raise ValueError("the empty-trash interval must be positive")
+        self.setName(EMPTY_TRASH_SERVICE_NAME)
+        self._volumes = volumes
+        self._clock = clock
+        self.interval = interval
+        self._loop: LoopingCall | None = None
+        self._round: Deferred[Any] | None = None
+        self.rounds = 0
+        self.deleted = 0
+
+    def startService(self) -> None:
+        super().startService()
+        loop = LoopingCall(self._tick)
+        loop.clock = self._clock
+        self._loop = loop
+        loop.start(self.interval, now=False).addErrback(
+            lambda f: self.log.failure("empty-trash loop died", f))
+
+    def stopService(self) -> "Deferred[Any]":
+        super().stopService()
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        self._loop = None
+        return self.idle()
+
+    def idle(self) -> "Deferred[Any]":
+        """Fires when no round is in flight (at once if none is)."""
+        if self._round is None:
+            return succeed(None)
+        d: Deferred[Any] = Deferred()
+        self._round.addBoth(lambda r: (d.callback(None), r)[1])
+        return d
+
+    def _tick(self) -> None:
+        if self._round is not None:
+            return
+        d = Deferred.fromCoroutine(self.empty_all())
+        d.addErrback(lambda f: self.log.failure("emptying the trash failed", f))
+
+        def finished(result: Any) -> None:
+            self._round = None
+
+        d.addBoth(finished)
+        if not d.called:
+            self._round = d
+
+    async def empty_all(self) -> int:
+        """One round now: how many trashed blocks were deleted."""
+        self.rounds += 1
+        now = self._clock.seconds()
+        total = 0
+        for v in self._volumes():
+            try:
+                total += await v.empty_trash(now)
+            except Exception:
+                self.log.failure("emptying the trash of {uuid} failed", uuid=v.uuid)
+        self.deleted += total
+        if total:
+            self.log.info("emptied the trash: {n} block(s) deleted for good", n=total)
+        return total
+
