@@ -12,7 +12,7 @@ import sys
 from typing import Sequence
 
 # Command groups, in the order ``arvnode --help`` lists them.
-GROUPS = ("init", "config", "user", "token", "cache")
+GROUPS = ("init", "config", "user", "token", "cache", "keep")
 
 
 def build_parser() -> argparse.ArgumentParser:

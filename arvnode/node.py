@@ -30,8 +30,11 @@ from arvnode.auth.refresh import RemoteTokenRefresh
 from arvnode.auth.remote_tokens import RemoteTokens
 from arvnode.auth.tokens import Authenticator
 from arvnode.config import Config
+from arvnode.keep.balance import BalanceMetrics, Balancer
+from arvnode.keep.balance_service import BalancerService, balancer_role
 from arvnode.keep.service import build_keepproxy_site
 from arvnode.keep.keepstore import build_keepstore_site, keepstore_role, mounted_here
+from arvnode.keep.trash import EmptyTrashService, TrashPolicy
 from arvnode.keep.volumes.upstream import build_upstreams, registered_keepstores
 from arvnode.keep.volumes import build_volume
 from arvnode.remote.client import RemoteClient
@@ -226,6 +229,57 @@ class Node(OrderedMultiService):
                 await maybeDeferred(service.stopService)
 
 
+def build_volumes(config: Config, reactor: Any, *, rng: random.Random, pools: ThreadPools,
+                  keepstore_url: str | None = None) -> tuple[Any, list[Any], list[Any]]:
+    """``(own keepstore URL or None, local volumes, upstream keepstores)`` of this node.
+
+    Not started. One function so that ``arvnode keep balance`` works on the
+    very volumes the node would mount. Keepstore role and upstream
+    keepstores: docs/scale-out.md; a volume with AccessViaHosts is mounted
+    only by the keepstore(s) it names.
+    """
+    own_keepstore, upstream_urls = keepstore_role(
+        config.services.keepstore, has_local_volumes=bool(config.volumes), own_url=keepstore_url)
+    volumes = [
+        build_volume(uuid, vc, reactor=reactor, threadpool=pools.io, rng=rng,
+                     commit_threadpool=pools.commit,
+                     trash_policy=TrashPolicy.from_config(config.collections))
+        for uuid, vc in sorted(config.volumes.items())
+        if mounted_here(vc.access_via_hosts, own_keepstore)
+    ]
+    upstreams = build_upstreams(
+        config.cluster_id, config.services.keepstore, upstream_urls,
+        reactor=reactor, clock=reactor, token=config.system_root_token,
+        signing_key=config.collections.blob_signing_key,
+        signing_ttl=config.collections.blob_signing_ttl,
+        storage_classes=config.default_storage_classes,
+        tls_policy=client_policy(insecure=config.tls.insecure),
+    )
+    return own_keepstore, volumes, upstreams
+
+
+def _add_balancer(node: Node, config: Config, reactor: Any, store: Any, volumes: list[Any],
+                  metrics: NodeMetrics, own_keepstore: Any) -> None:
+    """The "balancer" service, on the one node of the cluster that runs it
+    (:func:`arvnode.keep.balance_service.balancer_role`). ``volumes`` is the
+    volumes service's list, which grows by the keepstores found at start;
+    added after it, the balancer stops (waiting for a pass) before the
+    volumes and the store do."""
+    here, why = balancer_role(config, own_keepstore=own_keepstore)
+    node.balancer = None
+    if not here:
+        Node.log.info("balancer not run on this node: {why}", why=why)
+        return
+    c = config.collections
+    node.balancer = Balancer(
+        store, volumes, clock=reactor, signing_ttl=c.blob_signing_ttl, blob_trash=c.blob_trash,
+        trash_concurrency=c.blob_trash_concurrency, timeout=c.balance_timeout,
+        metrics=BalanceMetrics(metrics.registry))
+    Node.log.info("balancer runs on this node every {period}s: {why}",
+                  period=c.balance_period, why=why)
+    BalancerService(node.balancer, clock=reactor, period=c.balance_period).setServiceParent(node)
+
+
 def _listen_url(service: Any, name: str) -> Any:
     """The address to bind: the first InternalURL (or its ListenURL)."""
     if not service.internal_urls:
@@ -278,27 +332,19 @@ def build_node(
     # store so it stops (waiting for a round in flight) before the store does.
     TrashSweeper(store, clock=reactor).setServiceParent(node)
 
-    # Keepstore role and upstream keepstores (docs/scale-out.md). A volume
-    # with AccessViaHosts is mounted only by the keepstore(s) it names.
-    own_keepstore, upstream_urls = keepstore_role(
-        config.services.keepstore, has_local_volumes=bool(config.volumes), own_url=keepstore_url)
-    volumes = [
-        build_volume(uuid, vc, reactor=reactor, threadpool=pools.io, rng=rng,
-                     commit_threadpool=pools.commit)
-        for uuid, vc in sorted(config.volumes.items())
-        if mounted_here(vc.access_via_hosts, own_keepstore)
-    ]
-    upstreams = build_upstreams(
-        config.cluster_id, config.services.keepstore, upstream_urls,
-        reactor=reactor, clock=reactor, token=config.system_root_token,
-        signing_key=config.collections.blob_signing_key,
-        signing_ttl=config.collections.blob_signing_ttl,
-        storage_classes=config.default_storage_classes,
-        tls_policy=client_policy(insecure=config.tls.insecure),
-    )
+    own_keepstore, volumes, upstreams = build_volumes(
+        config, reactor, rng=rng, pools=pools, keepstore_url=keepstore_url)
     volumes_service = VolumesService(volumes + upstreams)
     volumes_service.setName("volumes")
     volumes_service.setServiceParent(node)
+    # Deletes the local volumes' trashed blocks past BlobTrashLifetime
+    # ("blob-trash-sweeper", arvnode/keep/trash.py); added after the volumes
+    # so it stops before them. Off as in Arvados: BlobTrash false or interval 0.
+    if volumes and config.collections.blob_trash and config.collections.blob_trash_check_interval > 0:
+        EmptyTrashService(lambda: volumes, clock=reactor,
+                          interval=config.collections.blob_trash_check_interval,
+                          ).setServiceParent(node)
+    _add_balancer(node, config, reactor, store, volumes_service.volumes, metrics, own_keepstore)
 
     # Federation: one client for every remote cluster, remote-token
     # validation behind the authenticator, and the refresh timer.
@@ -429,6 +475,9 @@ def build_node(
             metrics=metrics, hash_pool=pools.hashing,
             upload_window=kp.upload_window, max_inflight_bytes=kp.max_inflight_bytes,
             idle_timeout=kp.idle_timeout,
+            blob_trash=config.collections.blob_trash,
+            trash_concurrency=config.collections.blob_trash_concurrency,
+            tls_policy=client_policy(insecure=config.tls.insecure),
         )
         url = config.services.keepstore.listen_url(own_keepstore)
         keepstore = HTTPListener(reactor, host=url.host, port=url.port, site=keepstore_site,

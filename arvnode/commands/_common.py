@@ -100,6 +100,14 @@ def run_with_store(
     start does, so commands work on a database no node has started on yet.
     Config and database problems are reported on stderr with status 1.
     """
+    return run_with_store_on_reactor(args, lambda store, config, reactor: work(store, config))
+
+
+def run_with_store_on_reactor(
+    args: argparse.Namespace, work: Callable[[Store, Any, Any], Awaitable[int]]
+) -> int:
+    """:func:`run_with_store`, for work that also needs the command's private
+    reactor (``work(store, config, reactor)``: volumes, timers)."""
     path, config = load_or_report(args)
     if config is None:
         return 1
@@ -132,7 +140,7 @@ def run_with_store(
                 system_root_token=config.system_root_token,
                 anonymous_token=config.users.anonymous_user_token,
             )
-            return await work(store, config)
+            return await work(store, config, reactor)
         finally:
             await store.stop()
 

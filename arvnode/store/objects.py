@@ -778,6 +778,28 @@ class ObjectsMixin:
         return await self._run(  # type: ignore[no-any-return]
             lambda cur: trash.purge(cur, now, postgresql=postgresql), write=True)
 
+    async def scan_manifests(self, after: str, limit: int,
+                             digest: Callable[[str, str], Any]) -> list[tuple[str, Any]]:
+        """``(uuid, digest(uuid, manifest_text))`` of up to ``limit`` collection rows
+        whose uuid sorts after ``after``, in uuid order, for the block balancer.
+
+        Every row counts, whatever its trash_at/delete_at and whichever
+        version it is: a trashed collection can be untrashed, and until the
+        sweeper removed the row its blocks must stay. ``digest`` runs on the
+        worker thread, so a large manifest is reduced there (to the set of
+        its block hashes) and never crosses to the reactor thread; one
+        short transaction per batch keeps SQLite's single connection free
+        for API requests in between. Paging by uuid (the primary key) is
+        stable across batches; rows written during a scan are covered by
+        the balancer's BlobSigningTTL rule, not by this read.
+        """
+        def run(cur: Any) -> list[tuple[str, Any]]:
+            rows = cur.all("SELECT uuid, manifest_text FROM collections WHERE uuid > ?"
+                           " ORDER BY uuid LIMIT ?", (after, int(limit)))
+            return [(str(u), digest(str(u), str(m))) for u, m in rows]
+
+        return await self._run(run, write=False)  # type: ignore[no-any-return]
+
     async def descendant_projects(self, uuid: str) -> list[str]:
         """Every project below the user or group ``uuid``, at any depth (trashed ones too:
         callers list through :meth:`list_objects`, which hides those)."""

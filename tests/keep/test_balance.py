@@ -1,0 +1,547 @@
+"""The built-in balancer (arvnode/keep/balance.py, balance_service.py, ``arvnode keep balance``).
+
+End to end on SQLite and PostgreSQL: a real node in this process with a
+directory volume; blocks written through its keepproxy, collections saved
+and trashed through its API; block ages set on the files themselves
+(``os.utime``), since the age is what the safety rule is about. The pass
+itself, the service's timing and the safety rules around failures run
+against the real store with a small volume that records trash calls
+(:class:`RecordingVolume`), on a ``task.Clock``.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import Clock, deferLater
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from arvnode.cli import main as cli_main
+from arvnode.config import config_from_string
+from arvnode.keep.balance import Balancer, BalanceMetrics, PassResult, manifest_digests
+from arvnode.keep.balance_service import SERVICE_NAME, BalancerService, balancer_role
+from arvnode.keep.manifest import ManifestError
+from arvnode.node import build_node
+from arvnode.store import KINDS
+from arvnode.web.metrics import NodeMetrics
+from tests import pgfixture
+from tests.api.base import ApiTestCase
+from tests.helpers import make_cluster_config, subprocess_env
+from tests.store.helpers import PostgreSQLEngine, SQLiteEngine
+
+C = KINDS["collections"]
+HOUR = 3600.0
+OWNER = "zzzzz-tpzed-aaaaaaaaaaaaaaa"
+
+
+def md5(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
+
+
+def manifest_of(*blocks: bytes) -> str:
+    locs = " ".join(f"{md5(b)}+{len(b)}" for b in blocks)
+    return f". {locs} 0:{sum(len(b) for b in blocks)}:f.txt\n"
+
+
+class RecordingVolume:
+    """A volume with the contract's ``index``/``trash``: lists ``blocks``
+    (hash -> (size, mtime_ns)), records every trash call, and trashes for
+    real in its dict. While ``holding``, trash calls wait for :meth:`release`."""
+
+    read_only = False
+
+    def __init__(self, uuid: str, blocks: dict[str, tuple[int, int]]) -> None:
+        self.uuid = uuid
+        self.blocks = dict(blocks)
+        self.trash_calls: list[tuple[str, int | None]] = []
+        self.holding = False  # trash calls wait for release()
+        self._waiters: list[Deferred[None]] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.index_error: Exception | None = None
+
+    def index(self, prefix: str) -> Deferred[list[tuple[str, int, int]]]:
+        if self.index_error is not None:
+            return Deferred.fromCoroutine(self._raise(self.index_error))
+        return succeed(sorted((h, s, m) for h, (s, m) in self.blocks.items()
+                              if h.startswith(prefix)))
+
+    @staticmethod
+    async def _raise(e: Exception) -> Any:
+        raise e
+
+    def trash(self, hash: str, mtime_ns: int | None = None) -> Deferred[bool]:
+        return Deferred.fromCoroutine(self._trash(hash, mtime_ns))
+
+    async def _trash(self, hash: str, mtime_ns: int | None) -> bool:
+        self.trash_calls.append((hash, mtime_ns))
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if self.holding:
+                waiter: Deferred[None] = Deferred()
+                self._waiters.append(waiter)
+                await waiter
+        finally:
+            self.in_flight -= 1
+        if hash not in self.blocks or (mtime_ns is not None and self.blocks[hash][1] != mtime_ns):
+            return False
+        del self.blocks[hash]
+        return True
+
+    def release(self) -> None:
+        self.holding = False
+        waiting, self._waiters = self._waiters, []
+        for d in waiting:
+            d.callback(None)
+
+    def stop(self) -> Deferred[None]:
+        return succeed(None)
+
+
+# -- the pass, against the real store ------------------------------------------------------
+
+
+class PassTestsMixin:
+    """One pass over a real store and RecordingVolumes, on a task.Clock at T0."""
+
+    clock: Clock
+
+    async def setup_store(self) -> Any:
+        self.store = await self.started()  # type: ignore[attr-defined]
+        return self.store
+
+    async def coll(self, *blocks: bytes, **values: Any) -> str:
+        text = manifest_of(*blocks)
+        row = await self.store.create_object(C, {
+            "owner_uuid": OWNER, "manifest_text": text,
+            "portable_data_hash": f"{md5(text.encode())}+{len(text)}", **values})
+        return str(row["uuid"])
+
+    def volume(self, **ages: float) -> RecordingVolume:
+        """Blocks named by their content (keyword) aged ``ages[name]`` seconds."""
+        now = self.clock.seconds()
+        return RecordingVolume("zzzzz-nyw5e-000000000000001", {
+            md5(name.encode()): (len(name), int((now - age) * 1e9)) for name, age in ages.items()})
+
+    def balancer(self, volumes: list[Any], **kw: Any) -> Balancer:
+        kw.setdefault("signing_ttl", 2 * HOUR)
+        return Balancer(self.store, volumes, clock=self.clock, **kw)
+
+    async def test_referenced_kept_old_orphan_trashed_young_orphan_kept(self) -> None:
+        """Live, trashed (not deleted) and old-version rows all protect their blocks;
+        an unreferenced block is trashed only when older than BlobSigningTTL."""
+        await self.setup_store()
+        live = await self.coll(b"live")
+        binned = await self.coll(b"binned")
+        await self.store.update_object(C, binned, {  # trashed now, deleted in ten years
+            "trash_at": "2023-11-14T22:13:20Z", "delete_at": "2033-11-14T22:13:20Z"})
+        version = await self.coll(b"version")  # a stored old version of "live"
+        await self.store._run(lambda cur: cur.execute(
+            "UPDATE collections SET current_version_uuid = ? WHERE uuid = ?", (live, version)),
+            write=True)
+        vol = self.volume(live=3 * HOUR, binned=3 * HOUR, version=3 * HOUR,
+                          old=3 * HOUR, young=HOUR)
+        result = await self.balancer([vol]).run_pass()
+        self.assertEqual(result.aborted, "")
+        self.assertEqual(vol.trash_calls, [(md5(b"old"), vol.trash_calls[0][1])])
+        self.assertEqual(sorted(vol.blocks), sorted(md5(n) for n in
+                                                    (b"live", b"binned", b"version", b"young")))
+        self.assertEqual(
+            (result.collections, result.referenced, result.seen, result.unreferenced,
+             result.too_new, result.trashed, result.trashed_bytes),
+            (3, 3, 5, 2, 1, 1, 3))
+
+    async def test_trash_call_names_the_listed_mtime(self) -> None:
+        """The mtime the index gave goes with the trash call: a block touched since is
+        refused by the volume and counted as such."""
+        await self.setup_store()
+        vol = self.volume(old=3 * HOUR)
+        listed = vol.blocks[md5(b"old")][1]
+
+        real_trash = vol.trash
+
+        def touched_meanwhile(hash: str, mtime_ns: int | None = None) -> Deferred[bool]:
+            vol.blocks[hash] = (3, listed + 1)
+            return real_trash(hash, mtime_ns)
+
+        vol.trash = touched_meanwhile  # type: ignore[method-assign]
+        result = await self.balancer([vol]).run_pass()
+        self.assertEqual(vol.trash_calls, [(md5(b"old"), listed)])
+        self.assertEqual((result.trashed, result.refused), (0, 1))
+        self.assertIn(md5(b"old"), vol.blocks)
+
+    async def test_scan_reads_in_batches(self) -> None:
+        """Every row is read though the batch is smaller than the table."""
+        await self.setup_store()
+        names = [f"b{i}".encode() for i in range(7)]
+        for n in names:
+            await self.coll(n)
+        vol = self.volume(**{n.decode(): 3 * HOUR for n in names}, orphan=3 * HOUR)
+        result = await self.balancer([vol], batch_size=2).run_pass()
+        self.assertEqual((result.collections, result.referenced), (7, 7))
+        self.assertEqual([h for h, _ in vol.trash_calls], [md5(b"orphan")])
+
+    async def test_unparsable_manifest_trashes_nothing(self) -> None:
+        """One stored manifest that does not parse: the pass is aborted, says which
+        collection, and trashes nothing at all."""
+        await self.setup_store()
+        await self.coll(b"live")
+        bad = await self.coll(b"other")
+        await self.store._run(lambda cur: cur.execute(
+            "UPDATE collections SET manifest_text = ? WHERE uuid = ?",
+            (". not-a-locator 0:1:f\n", bad)), write=True)
+        vol = self.volume(old=3 * HOUR, live=3 * HOUR)
+        registry = NodeMetrics().registry
+        result = await self.balancer([vol], metrics=BalanceMetrics(registry)).run_pass()
+        self.assertIn(bad, result.aborted)
+        self.assertEqual(vol.trash_calls, [])
+        self.assertEqual(registry.get_sample_value("arvnode_balance_last_pass_aborted"), 1)
+        self.assertEqual(registry.get_sample_value("arvnode_balance_passes_total",
+                                                   {"outcome": "aborted"}), 1)
+
+    async def test_database_error_trashes_nothing(self) -> None:
+        await self.setup_store()
+        vol = self.volume(old=3 * HOUR)
+        await self.store.stop()
+        result = await self.balancer([vol]).run_pass()
+        self.assertIn("collection scan failed", result.aborted)
+        self.assertEqual(vol.trash_calls, [])
+
+    async def test_timeout_during_scan_trashes_nothing(self) -> None:
+        """BalanceTimeout passing while the scan waits: aborted, nothing trashed."""
+        await self.setup_store()
+        hang: Deferred[Any] = Deferred()
+
+        class Hanging:
+            async def scan_manifests(self, after: str, limit: int, digest: Any) -> Any:
+                return await hang
+
+        vol = self.volume(old=3 * HOUR)
+        balancer = Balancer(Hanging(), [vol], clock=self.clock, signing_ttl=2 * HOUR,
+                            timeout=60)
+        d = Deferred.fromCoroutine(balancer.run_pass())
+        self.clock.advance(59)
+        self.assertFalse(d.called)
+        self.clock.advance(2)
+        result = self.successResultOf(d)  # type: ignore[attr-defined]
+        self.assertIn("BalanceTimeout", result.aborted)
+        self.assertEqual(vol.trash_calls, [])
+
+    async def test_blob_trash_false_and_dry_run_trash_nothing(self) -> None:
+        await self.setup_store()
+        for kw in ({"blob_trash": False}, {}):
+            vol = self.volume(old=3 * HOUR)
+            seen: list[str] = []
+            result = await self.balancer([vol], **kw).run_pass(
+                dry_run=not kw, report=lambda v, h, s, m: seen.append(h))
+            self.assertEqual(vol.trash_calls, [])
+            self.assertEqual((result.candidates, result.trashed), (1, 0))
+            self.assertEqual(seen, [md5(b"old")])
+
+    async def test_trash_concurrency_is_bounded(self) -> None:
+        """At most BlobTrashConcurrency trash calls are in flight."""
+        await self.setup_store()
+        vol = self.volume(**{f"o{i}": 3 * HOUR for i in range(6)})
+        vol.holding = True
+        d = Deferred.fromCoroutine(self.balancer([vol], trash_concurrency=2).run_pass())
+        await _wait(lambda: vol.in_flight == 2)
+        await deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(vol.max_in_flight, 2)
+        vol.release()
+        result = await d
+        self.assertEqual((result.trashed, vol.max_in_flight), (6, 2))
+
+    async def test_failing_index_skips_that_volume_only(self) -> None:
+        await self.setup_store()
+        good = self.volume(old=3 * HOUR)
+        bad = RecordingVolume("zzzzz-nyw5e-000000000000002", dict(good.blocks))
+        bad.index_error = OSError("disk gone")
+        result = await self.balancer([bad, good]).run_pass()
+        self.assertEqual((result.index_errors, result.trashed), (1, 1))
+        self.assertEqual(bad.trash_calls, [])
+
+    async def test_read_only_and_trashless_volumes_are_left_alone(self) -> None:
+        await self.setup_store()
+        ro = self.volume(old=3 * HOUR)
+        ro.read_only = True  # type: ignore[misc]
+
+        class NoTrash:
+            uuid = "zzzzz-nyw5e-000000000000009"
+            read_only = False
+
+            def index(self, prefix: str) -> Any:
+                raise AssertionError("not listed: it cannot trash")
+
+        result = await self.balancer([ro, NoTrash()]).run_pass()
+        self.assertEqual((result.volumes, ro.trash_calls), ([], []))
+
+    # -- the service ----------------------------------------------------------------------
+
+    async def test_service_runs_every_period_not_before(self) -> None:
+        await self.setup_store()
+        vol = self.volume(old=3 * HOUR)
+        service = BalancerService(self.balancer([vol]), clock=self.clock, period=600)
+        self.assertEqual(service.name, SERVICE_NAME)
+        service.startService()
+        self.addCleanup(service.stopService)  # type: ignore[attr-defined]
+        self.clock.advance(599)
+        await service.idle()
+        self.assertEqual((service.rounds, vol.trash_calls), (0, []))
+        self.clock.advance(1)
+        await service.idle()
+        self.assertEqual(service.rounds, 1)
+        self.assertEqual([h for h, _ in vol.trash_calls], [md5(b"old")])
+        self.assertIsInstance(service.last, PassResult)
+        self.clock.advance(600)
+        await service.idle()
+        self.assertEqual(service.rounds, 2)
+
+    async def test_service_does_not_overlap_passes(self) -> None:
+        await self.setup_store()
+        vol = self.volume(old=3 * HOUR)
+        vol.holding = True
+        service = BalancerService(self.balancer([vol]), clock=self.clock, period=600)
+        service.startService()
+        self.clock.advance(600)
+        await _wait(lambda: vol.in_flight == 1)
+        self.clock.advance(600)
+        self.clock.advance(600)
+        self.assertEqual(service.rounds, 1)
+        stopped = service.stopService()
+        self.assertFalse(stopped.called)
+        vol.release()
+        await stopped
+        self.assertEqual(service.rounds, 1)
+
+
+async def _wait(predicate: Any, timeout: float = 10.0) -> None:
+    """Poll on the real reactor (the store's answers arrive through it)."""
+    from tests.helpers import wait_for
+
+    await wait_for(predicate, timeout=timeout)
+
+
+class SQLitePassTests(SQLiteEngine, PassTestsMixin, TestCase):
+    pass
+
+
+class PostgreSQLPassTests(PostgreSQLEngine, PassTestsMixin, TestCase):
+    pass
+
+
+# -- end to end: a real node, its keepproxy, its API, its directory volume ------------------
+
+
+class NodeTestsMixin:
+    """A node with BlobSigningTTL 2h; block ages set on the volume's files."""
+
+    extra = {"Collections.BlobSigningTTL": "2h"}
+
+    async def setup_node(self) -> None:
+        await self.startNode()  # type: ignore[attr-defined]
+        self.volume = self.node.node.getServiceNamed("volumes").volumes[0]
+        self.assertTrue(callable(getattr(self.volume, "trash", None)))
+
+    def age(self, locator: str, seconds: float) -> None:
+        """Set the stored block's mtime ``seconds`` into the past."""
+        t = int((time.time() - seconds) * 1e9)
+        os.utime(self.volume.block_path(locator[:32]), ns=(t, t))
+
+    async def put(self, data: bytes, age: float = 0.0) -> str:
+        loc = await self.keep_put(data, self.root)  # type: ignore[attr-defined]
+        if age:
+            self.age(loc, age)
+        return loc
+
+    async def save(self, *locs_and_data: tuple[str, bytes]) -> str:
+        text = "".join(f". {loc} 0:{len(data)}:f{i}.txt\n"
+                       for i, (loc, data) in enumerate(locs_and_data))
+        body = await self.ok("POST", "collections", token=self.root,  # type: ignore[attr-defined]
+                             body={"collection": {"manifest_text": text}})
+        return str(body["uuid"])
+
+    async def get_code(self, loc: str) -> int:
+        code, _ = await self.keep_get(loc, self.root)  # type: ignore[attr-defined]
+        return code
+
+    async def test_whole_path(self) -> None:
+        """Live and trashed collections keep their blocks; an old orphan is trashed
+        (GET 404 after), a young one kept; the numbers reach /metrics."""
+        await self.setup_node()
+        live = await self.put(b"live data", age=3 * HOUR)
+        binned = await self.put(b"binned data", age=3 * HOUR)
+        old = await self.put(b"old orphan", age=3 * HOUR)
+        young = await self.put(b"young orphan", age=HOUR)
+        await self.save((live, b"live data"))
+        trashed = await self.save((binned, b"binned data"))
+        await self.ok("POST", f"collections/{trashed}/trash", token=self.root)  # type: ignore
+        self.assertEqual(await self.get_code(old), 200)
+
+        result = await self.node.node.balancer.run_pass()
+        self.assertEqual(result.aborted, "")
+        self.assertEqual(
+            (result.seen, result.unreferenced, result.too_new, result.trashed,
+             result.trashed_bytes),
+            (4, 2, 1, 1, len(b"old orphan")))
+        self.assertEqual(await self.get_code(old), 404)
+        for loc in (live, binned, young):
+            self.assertEqual(await self.get_code(loc), 200, loc)
+        # The trashed collection comes back whole.
+        await self.ok("POST", f"collections/{trashed}/untrash", token=self.root)  # type: ignore
+
+        r = await self.client.get(  # type: ignore[attr-defined]
+            f"{self.node.controller_url}/metrics",
+            headers={"Authorization": [f"Bearer {self.node.management_token}"]})
+        text = (await r.content()).decode()
+        self.assertIn("arvnode_balance_blocks_trashed 1.0", text)
+        self.assertIn(f"arvnode_balance_trashed_bytes {float(len(b'old orphan'))}", text)
+        self.assertIn("arvnode_balance_blocks_too_new 1.0", text)
+
+    async def test_scan_error_trashes_nothing(self) -> None:
+        await self.setup_node()
+        old = await self.put(b"old orphan", age=3 * HOUR)
+        loc = await self.put(b"kept", age=3 * HOUR)
+        uuid = await self.save((loc, b"kept"))
+        await self.store._run(lambda cur: cur.execute(  # type: ignore[attr-defined]
+            "UPDATE collections SET manifest_text = ? WHERE uuid = ?", ("garbage", uuid)),
+            write=True)
+        result = await self.node.node.balancer.run_pass()
+        self.assertIn(uuid, result.aborted)
+        self.assertEqual(result.trashed, 0)
+        self.assertEqual(await self.get_code(old), 200)
+
+    async def test_cli_dry_run_then_real_run(self) -> None:
+        """``arvnode keep balance --dry-run`` lists the orphan and changes nothing;
+        without it the orphan is trashed."""
+        await self.setup_node()
+        old = await self.put(b"old orphan", age=3 * HOUR)
+        kept = await self.put(b"kept", age=3 * HOUR)
+        await self.save((kept, b"kept"))
+        path = Path(self.mktemp() + ".yml")  # type: ignore[attr-defined]
+        path.write_text(yaml.safe_dump(self.node.config_dict))
+
+        async def cli(*argv: str) -> tuple[int, str]:
+            out, err, code = await getProcessOutputAndValue(
+                sys.executable, ["-m", "arvnode.cli", "keep", "balance", "--config", str(path),
+                                 *argv], env=subprocess_env())
+            return code, out.decode() + err.decode()
+
+        code, out = await cli("--dry-run")
+        self.assertEqual(code, 0, out)
+        self.assertIn(f"would trash {old[:32]}+{len(b'old orphan')}", out)
+        self.assertNotIn(kept[:32], out)
+        self.assertIn("dry run: nothing trashed", out)
+        self.assertEqual(await self.get_code(old), 200)
+
+        code, out = await cli()
+        self.assertEqual(code, 0, out)
+        self.assertRegex(out, r"trashed: +1 \(10 bytes\)")
+        self.assertEqual(await self.get_code(old), 404)
+        self.assertEqual(await self.get_code(kept), 200)
+
+
+class SQLiteNodeTests(NodeTestsMixin, ApiTestCase):
+    pass
+
+
+class PostgreSQLNodeTests(NodeTestsMixin, ApiTestCase):
+    postgresql = True
+    # On PostgreSQL the balancer runs only where Services.Keepbalance says.
+    extra = {**NodeTestsMixin.extra,
+             "Services.Keepbalance": {"InternalURLs": {"http://127.0.0.1:9005/": {}}}}
+
+
+# -- which node runs the balancer ---------------------------------------------------------
+
+
+class RoleTests(SynchronousTestCase):
+    """balancer_role and the node's service tree (built, not started)."""
+
+    def config(self, *, postgresql: bool = False, **extra: Any) -> Any:
+        pg = pgfixture.server_settings() | {"dbname": "unused"} if postgresql else None
+        raw, _ = make_cluster_config(Path(self.mktemp()), extra=extra, postgresql=pg)
+        return config_from_string(yaml.safe_dump(raw))
+
+    def has_balancer(self, config: Any) -> bool:
+        node = build_node(config, reactor)
+        return SERVICE_NAME in {s.name for s in node}
+
+    def test_single_sqlite_node_runs_it(self) -> None:
+        config = self.config()
+        self.assertEqual(balancer_role(config)[0], True)
+        self.assertTrue(self.has_balancer(config))
+
+    def test_postgresql_node_without_keepbalance_does_not(self) -> None:
+        config = self.config(postgresql=True)
+        here, why = balancer_role(config)
+        self.assertFalse(here)
+        self.assertIn("PostgreSQL", why)
+        self.assertFalse(self.has_balancer(config))
+
+    def test_keepbalance_url_decides(self) -> None:
+        urls = {"Services.Keepbalance": {"InternalURLs": {"http://bal.example:9005/": {}}}}
+        for pg in (False, True):
+            config = self.config(postgresql=pg, **urls)
+            self.assertTrue(balancer_role(config, is_local=lambda h: h == "bal.example")[0])
+            self.assertFalse(balancer_role(config, is_local=lambda h: False)[0])
+
+    def test_keepbalance_url_on_another_host_on_a_real_node(self) -> None:
+        """192.0.2.1 (TEST-NET) is never this host; 127.0.0.1 always is."""
+        away = {"Services.Keepbalance": {"InternalURLs": {"http://192.0.2.1:9005/": {}}}}
+        here = {"Services.Keepbalance": {"InternalURLs": {"http://127.0.0.1:9005/": {}}}}
+        self.assertFalse(self.has_balancer(self.config(**away)))
+        self.assertTrue(self.has_balancer(self.config(postgresql=True, **here)))
+
+    def test_listen_url_is_what_counts(self) -> None:
+        urls = {"Services.Keepbalance": {"InternalURLs": {
+            "http://bal.example:9005/": {"ListenURL": "http://127.0.0.1:9005/"}}}}
+        self.assertTrue(self.has_balancer(self.config(postgresql=True, **urls)))
+
+    def test_sqlite_keepstore_node_never_runs_it(self) -> None:
+        """A keepstore node behind a gateway, on a database of its own: its database
+        has none of the collections, so it must not balance, even if named; the
+        gateway (on SQLite, keepstores elsewhere) does."""
+        ks = {"Services.Keepstore": {"InternalURLs": {"http://127.0.0.1:25999/": {}}}}
+        named = {"Services.Keepbalance": {"InternalURLs": {"http://127.0.0.1:9005/": {}}}}
+        self.assertFalse(self.has_balancer(self.config(**ks)))
+        self.assertFalse(self.has_balancer(self.config(**ks, **named)))
+        gateway = {"Services.Keepstore": {"InternalURLs": {"http://192.0.2.1:25108/": {}}}}
+        self.assertTrue(self.has_balancer(self.config(**gateway)))
+        # On PostgreSQL the keepstore node shares the collections: naming it is fine.
+        self.assertTrue(self.has_balancer(self.config(postgresql=True, **ks, **named)))
+
+    def test_cli_refuses_on_sqlite_keepstore_node(self) -> None:
+        raw, _ = make_cluster_config(Path(self.mktemp()), extra={
+            "Services.Keepstore": {"InternalURLs": {"http://127.0.0.1:25999/": {}}}})
+        path = Path(self.mktemp() + ".yml")
+        path.write_text(yaml.safe_dump(raw))
+        err = io.StringIO()
+        self.patch(sys, "stderr", err)
+        self.patch(sys, "stdout", io.StringIO())
+        self.assertEqual(cli_main(["keep", "balance", "--config", str(path)]), 1)
+        self.assertIn("run the command there", err.getvalue())
+
+    def test_period_zero_disables(self) -> None:
+        config = self.config(**{"Collections.BalancePeriod": "0"})
+        self.assertEqual(balancer_role(config)[0], False)
+        self.assertFalse(self.has_balancer(config))
+
+
+class ManifestDigestTests(SynchronousTestCase):
+    def test_digests_and_errors_name_the_collection(self) -> None:
+        self.assertEqual(manifest_digests("u", manifest_of(b"a", b"b", b"a")),
+                         {bytes.fromhex(md5(b"a")), bytes.fromhex(md5(b"b"))})
+        self.assertEqual(manifest_digests("u", ""), frozenset())
+        with self.assertRaises(ManifestError) as e:
+            manifest_digests("zzzzz-4zz18-000000000000001", ". bad 0:0:f\n")
+        self.assertIn("zzzzz-4zz18-000000000000001", str(e.exception))
