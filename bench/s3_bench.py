@@ -41,6 +41,14 @@ Run it from the repository root (about 1-2 minutes on 2 cores)::
 
     .venv/bin/python bench/s3_bench.py                      # 1 and 4 clients, 5 rounds
     .venv/bin/python bench/s3_bench.py --concurrency 1 --reps 3
+
+``--baseline DIR`` adds a third side: a second node running the code in
+``DIR`` (another checkout, e.g. ``git archive <commit> arvnode twisted | tar
+-x -C DIR``) against the same bucket, interleaved with the other two, so a
+change is measured before/after in one run under the same load::
+
+    mkdir /tmp/before && git archive HEAD arvnode twisted | tar -x -C /tmp/before
+    .venv/bin/python bench/s3_bench.py --baseline /tmp/before
 """
 from __future__ import annotations
 
@@ -72,8 +80,10 @@ REGION = "us-east-1"
 
 
 def start_node(work: Path, endpoint: str, bucket: str, creds: tuple[str, str],
-               max_inflight: int) -> tuple[subprocess.Popen[bytes], int, str, Path]:
-    """A node whose only volume is an S3 volume on ``bucket``."""
+               max_inflight: int, code: Path | None = None,
+               ) -> tuple[subprocess.Popen[bytes], int, str, Path]:
+    """A node whose only volume is an S3 volume on ``bucket``; it runs this
+    checkout's code, or ``code`` (another checkout: ``--baseline``)."""
     import yaml
 
     bindir = Path(sys.executable).parent
@@ -111,11 +121,14 @@ def start_node(work: Path, endpoint: str, bucket: str, creds: tuple[str, str],
     cfg_path.write_text(yaml.safe_dump(cfg))
     token = (data / "admin-token").read_text().strip()
     log = work / "node.log"
+    env = node_env()
+    if code is not None:
+        env["PYTHONPATH"] = str(code)
     proc = subprocess.Popen(
         [str(bindir / "twistd"), "--nodaemon", "--pidfile=", "--logfile", str(log),
          "arvnode", "--config", str(cfg_path)],
         cwd=str(work), stdout=subprocess.DEVNULL, stderr=open(work / "node.stderr", "wb"),
-        env=node_env(),
+        env=env,
     )
     wait_port(kp_port, proc, "arvnode", log)
     return proc, kp_port, token, cfg_path
@@ -152,7 +165,7 @@ def make_block(base: bytes, tag: str) -> tuple[bytes, str]:
 
 def _put(side: str, target: dict[str, Any], data: bytes, md5: str) -> str:
     """Store ``data``; returns what a GET needs (signed locator or key)."""
-    if side == "arvnode":
+    if side != "direct":  # a node: "arvnode" or "baseline"
         conn = http.client.HTTPConnection("127.0.0.1", target["port"], timeout=600)
         conn.request("PUT", "/" + md5, body=data, headers={
             "Authorization": f"Bearer {target['token']}",
@@ -175,7 +188,7 @@ def _put(side: str, target: dict[str, Any], data: bytes, md5: str) -> str:
 
 
 def _get(side: str, target: dict[str, Any], ref: str) -> bytes:
-    if side == "arvnode":
+    if side != "direct":
         conn = http.client.HTTPConnection("127.0.0.1", target["port"], timeout=600)
         conn.request("GET", "/" + ref, headers={"Authorization": f"Bearer {target['token']}"})
         resp = conn.getresponse()
@@ -256,12 +269,13 @@ def trial(op: str, side: str, target: dict[str, Any], base: bytes, tags: list[st
 # -- report ---------------------------------------------------------------------------
 
 
-def summarise(trials: list[dict[str, Any]], levels: list[int]) -> list[dict[str, Any]]:
+def summarise(trials: list[dict[str, Any]], levels: list[int],
+              sides: tuple[str, ...] = ("arvnode", "direct")) -> list[dict[str, Any]]:
     rows = []
     for c in levels:
         for op in ("put", "get"):
             row: dict[str, Any] = {"op": op, "clients": c}
-            for side in ("arvnode", "direct"):
+            for side in sides:
                 xs = [t["mb_s"] for t in trials if (t["op"], t["side"], t["clients"]) == (op, side, c)]
                 row[side] = {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "n": len(xs)}
                 cpu = [t["cpu_s"] for t in trials if (t["op"], t["side"], t["clients"]) == (op, side, c)]
@@ -273,6 +287,10 @@ def summarise(trials: list[dict[str, Any]], levels: list[int]) -> list[dict[str,
             d = [t["mb_s"] for t in trials if (t["op"], t["side"], t["clients"]) == (op, "direct", c)]
             row["ratio_of_medians"] = row["arvnode"]["median"] / row["direct"]["median"]
             row["ratio_paired_median"] = statistics.median(x / y for x, y in zip(a, d))
+            if "baseline" in sides:
+                b = [t["mb_s"] for t in trials if (t["op"], t["side"], t["clients"]) == (op, "baseline", c)]
+                row["baseline"]["ratio_of_medians"] = row["baseline"]["median"] / row["direct"]["median"]
+                row["baseline"]["ratio_paired_median"] = statistics.median(x / y for x, y in zip(b, d))
             rows.append(row)
     return rows
 
@@ -290,8 +308,15 @@ def print_table(rows: list[dict[str, Any]]) -> None:
               f"{d['median']:11.1f} ({d['min']:5.0f}-{d['max']:5.0f})   "
               f"{r['ratio_of_medians']:5.2f} {r['ratio_paired_median']:6.2f}              "
               f"{ca['node']:5.2f} {ca['reactor']:7.2f} {ca['moto']:5.2f} {cd['moto']:12.2f}")
+        b = r.get("baseline")
+        if b is not None:
+            cb = b["cpu_s_per_gib"]
+            print(f"{'  base':<7} {b['median']:11.1f} ({b['min']:5.0f}-{b['max']:5.0f})   {'':11} {'':15} "
+                  f"{b['ratio_of_medians']:5.2f} {b['ratio_paired_median']:6.2f}              "
+                  f"{cb['node']:5.2f} {cb['reactor']:7.2f} {cb['moto']:5.2f}")
     print("ratio = arvnode median / direct median; paired = median over rounds of the ratio of the")
-    print("two trials run back to back; CPU s/GiB = process CPU per GiB moved (medians).")
+    print("two trials run back to back; CPU s/GiB = process CPU per GiB moved (medians);")
+    print("'base' = the --baseline node, if any (ratios also to the direct side).")
     print()
 
 
@@ -309,6 +334,9 @@ def main() -> None:
                         help="comma-separated numbers of concurrent clients (default 1,4)")
     parser.add_argument("--dir", help="work directory to keep (node log, config); default: a temp dir")
     parser.add_argument("--results", default=str(HERE / "results"))
+    parser.add_argument("--baseline", metavar="DIR",
+                        help="another checkout (its arvnode/ and twisted/) run as a second node, "
+                             "interleaved: before/after in one run")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
 
@@ -326,7 +354,7 @@ def main() -> None:
     print(f"before: {up_before}", flush=True)
     t_start = time.monotonic()
     server = S3Server(users=1).start()
-    proc = None
+    proc = base_proc = None
     try:
         assert server.proc is not None
         bucket = server.create_bucket("bench")
@@ -341,38 +369,54 @@ def main() -> None:
                 "moto": (server.proc.pid, None)}
         target = {"port": kp_port, "token": token, "endpoint": server.endpoint,
                   "creds": creds, "bucket": bucket}
+        targets = {"arvnode": (target, pids), "direct": (target, pids)}
+        all_sides: tuple[str, ...] = ("arvnode", "direct")
+        if args.baseline:
+            base_dir = Path(args.baseline).resolve()
+            (work / "baseline").mkdir(exist_ok=True)
+            base_proc, base_port, base_token, _ = start_node(
+                work / "baseline", server.endpoint, bucket, creds,
+                max(256 * MiB, max(levels) * BLOCK * 2), code=base_dir)
+            print(f"baseline node ({base_dir}) keepproxy 127.0.0.1:{base_port}", flush=True)
+            targets["baseline"] = (
+                dict(target, port=base_port, token=base_token),
+                {"node": (base_proc.pid, None), "reactor": (base_proc.pid, base_proc.pid),
+                 "moto": (server.proc.pid, None)})
+            all_sides = ("arvnode", "baseline", "direct")
         direct = s3_client(server.endpoint, creds)
         base = os.urandom(BLOCK)
         md5_mb_s = md5_rate(base) / 1e6
         print(f"single-core md5: {md5_mb_s:.0f} MB/s", flush=True)
 
         # Warm-up, untimed: the node's first S3 request, imports, pools.
-        trial("put", "arvnode", target, base, ["warm-a"], [], pids)
-        trial("put", "direct", target, base, ["warm-d"], [], pids)
+        for side in all_sides:
+            trial("put", side, targets[side][0], base, [f"warm-{side}"], [], targets[side][1])
 
         trials: list[dict[str, Any]] = []
         for rep in range(args.reps):
-            sides = ("arvnode", "direct") if rep % 2 == 0 else ("direct", "arvnode")
+            sides = all_sides if rep % 2 == 0 else all_sides[::-1]
             for c in levels:
                 stored: dict[str, list[tuple[str, str]]] = {}
                 put_rate: dict[str, float] = {}
                 for side in sides:
-                    t = trial("put", side, target, base,
-                              [f"{rep}-{c}-{side}-{i}" for i in range(c)], [], pids)
+                    t = trial("put", side, targets[side][0], base,
+                              [f"{rep}-{c}-{side}-{i}" for i in range(c)], [], targets[side][1])
                     stored[side], put_rate[side] = t["refs"], t["mb_s"]
                     trials.append(dict(t, rep=rep))
                 for side in sides:
-                    t = trial("get", side, target, base, [], stored[side], pids)
+                    t = trial("get", side, targets[side][0], base, [], stored[side], targets[side][1])
                     trials.append(dict(t, rep=rep))
                     print(f"round {rep + 1}/{args.reps} c{c} {side:<8} put {put_rate[side]:7.1f} MB/s"
                           f"  get {t['mb_s']:7.1f} MB/s", flush=True)
                 # Free moto's temp files: every block is distinct, none is read again.
                 for ref, md5 in stored["direct"]:
                     direct.delete_object(Bucket=bucket, Key=ref)
-                for ref, md5 in stored["arvnode"]:
-                    direct.delete_object(Bucket=bucket, Key=md5)
+                for side in all_sides:
+                    if side != "direct":
+                        for ref, md5 in stored[side]:
+                            direct.delete_object(Bucket=bucket, Key=md5)
 
-        rows = summarise(trials, levels)
+        rows = summarise(trials, levels, all_sides)
         print_table(rows)
         up_after = uptime()
         print(f"after:  {up_after}")
@@ -387,6 +431,7 @@ def main() -> None:
             "block_bytes": BLOCK,
             "md5_single_core_mb_s": md5_mb_s,
             "reps": args.reps,
+            "baseline": args.baseline,
             "concurrency": levels,
             "s3_server": f"moto {moto.__version__} server mode, auth on, {server.endpoint}",
             "direct_client": "boto3 put_object/get_object, UNSIGNED-PAYLOAD + Content-MD5, "
@@ -397,6 +442,7 @@ def main() -> None:
         print(f"written {write_results(args.results, 's3', report)}")
     finally:
         stop(proc)
+        stop(base_proc)
         server.stop()
         if tmp is not None:
             tmp.cleanup()

@@ -3,8 +3,10 @@ its md5 on the way, and never let a corrupt block look complete.
 
 Why: a block is up to 64 MiB and a client may read slowly, so the volume's
 reader is driven as a push producer through the request (the transport's
-"buffer full" pauses it); md5 runs on the hash pool in batches alongside (the
-reader is also paused while a full batch waits behind one being hashed). The
+"buffer full" pauses it); md5 runs on the hash pool alongside, fed a quarter
+batch at a time through one queue so the hash thread never waits for the
+reactor between pieces (the reader is also paused while more than two
+batches, the upload window, wait to be hashed). The
 md5 can only be judged after the last byte, so the last chunk is held back
 until it is: on a mismatch the connection is aborted instead of finishing,
 and the client sees a short body, never a complete-looking corrupt one
@@ -14,12 +16,13 @@ next read goes elsewhere.
 from __future__ import annotations
 
 import hashlib
-from collections import OrderedDict
+import threading
+from collections import OrderedDict, deque
 from typing import Any, Sequence
 
 from attrs import define
 
-from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.interfaces import (
     IConsumer,
     IDelayedCall,
@@ -27,7 +30,6 @@ from twisted.internet.interfaces import (
     IReactorFromThreads,
     IReactorTime,
 )
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
@@ -134,6 +136,75 @@ def _hash_chunks(md5: "hashlib._Hash", chunks: list[bytes]) -> None:
         md5.update(chunk)
 
 
+class _HashQueue:
+    """Lists of chunks hashed in order, back to back, on the hash pool.
+
+    Why not one ``deferToThreadPool`` per batch (as before): between two jobs
+    the hash thread waited for the reactor to notice the first one finished
+    and submit the next, and the next batch could only start filling up
+    then; on a GET the md5 is the one serial step (it bounds a single
+    download at the md5 rate), so every idle gap of the hash thread was lost
+    throughput. Like the PUT path's ``_HashLane`` (upload.py), one pool job
+    drains what is queued, so with work queued the thread never idles;
+    this one takes lists of chunks, so pieces are never joined (copied).
+    After ``turn`` submissions a job requeues itself at the back of the
+    pool's queue (no reactor hop), so GETs and uploads sharing the pool take
+    turns instead of one fast download keeping a thread for a whole block.
+    """
+
+    turn = 4
+
+    def __init__(self, reactor: IReactorFromThreads, pool: ThreadPool, md5: "hashlib._Hash") -> None:
+        self._reactor = reactor
+        self._pool = pool
+        self._md5 = md5
+        self._lock = threading.Lock()
+        self._queue: deque[tuple[list[bytes], Deferred[None]]] = deque()
+        self._running = False
+
+    def submit(self, chunks: list[bytes], size: int) -> "Deferred[None]":
+        with self._lock:
+            idle = not self._running
+            if idle and size < INLINE_HASH_LIMIT:
+                inline = True  # a small tail: cheaper than a thread hop
+            else:
+                inline = False
+                d: Deferred[None] = Deferred()
+                self._queue.append((chunks, d))
+                self._running = True
+        if inline:
+            try:
+                _hash_chunks(self._md5, chunks)
+            except Exception:
+                return fail()
+            return succeed(None)
+        if idle:
+            self._pool.callInThread(self._drain)
+        return d
+
+    def _drain(self) -> None:
+        for _ in range(self.turn):
+            with self._lock:
+                if not self._queue:
+                    self._running = False
+                    return
+                chunks, d = self._queue.popleft()
+            result: object = None
+            try:
+                _hash_chunks(self._md5, chunks)
+            except BaseException:
+                result = Failure()
+            self._reactor.callFromThread(_fire, d, result)
+        self._pool.callInThread(self._drain)  # still running: the rest later
+
+
+def _fire(d: "Deferred[None]", result: object) -> None:
+    if isinstance(result, Failure):
+        d.errback(result)
+    else:
+        d.callback(None)
+
+
 @implementer(IConsumer, IPushProducer)
 class VerifyingRelay:
     """Consumer for an :class:`IBlockReader`, producer for the request.
@@ -168,15 +239,20 @@ class VerifyingRelay:
         self._clock = clock
         self._pool = hash_pool
         self._batch_size = max(1, batch_size)
+        # Hand pieces to the hash thread a quarter batch at a time, and let
+        # it fall at most two batches (the upload window) behind the reader.
+        self._granule = max(INLINE_HASH_LIMIT, self._batch_size // 4)
+        self._window = 2 * self._batch_size
         self._stall_timeout = stall_timeout
         self._stats = stats
         self._md5 = hashlib.md5()
+        self._hasher = _HashQueue(reactor, hash_pool, self._md5)
         self._reader: Any = None
         self._holds: set[str] = set()
         self._pending: list[bytes] = []
         self._pending_len = 0
-        self._hashing: Deferred[None] | None = None
-        self._hashing_len = 0
+        self._hashing: Deferred[None] | None = None  # the newest submission
+        self._hashing_len = 0  # bytes submitted and not hashed yet
         self._held: list[bytes] = []
         self._read = 0
         self._overflow = False
@@ -250,12 +326,9 @@ class VerifyingRelay:
             self._abort()
             return "error"
         self._cancel_stall()
-        # One batch at a time: launching the tail while a batch is still
-        # being hashed on the pool would update the md5 from two threads.
-        while self._hashing is not None:
-            await self._hashing
         if self._pending:
             self._launch()
+        # Submissions are hashed in order: once the newest is done, all are.
         while self._hashing is not None:
             await self._hashing
         if self._request.gone:
@@ -302,9 +375,9 @@ class VerifyingRelay:
             self._reader.resumeProducing()
 
     def _pump(self) -> None:
-        if self._hashing is None and self._pending_len >= self._batch_size:
+        if self._pending_len >= self._granule:
             self._launch()
-        if self._hashing is not None and self._pending_len >= self._batch_size:
+        if self._pending_len + self._hashing_len > self._window:
             self._hold("hash")
         else:
             self._release("hash")
@@ -312,18 +385,15 @@ class VerifyingRelay:
     def _launch(self) -> None:
         chunks, self._pending = self._pending, []
         n, self._pending_len = self._pending_len, 0
-        self._hashing_len = n
-        if n < INLINE_HASH_LIMIT:
-            _hash_chunks(self._md5, chunks)
-            d: Deferred[None] = succeed(None)
-        else:
-            d = deferToThreadPool(self._reactor, self._pool, _hash_chunks, self._md5, chunks)
+        self._hashing_len += n
+        d = self._hasher.submit(chunks, n)
         self._hashing = d
-        d.addBoth(self._hashed)
+        d.addBoth(self._hashed, n, d)
 
-    def _hashed(self, result: object) -> object:
-        self._hashing = None
-        self._hashing_len = 0
+    def _hashed(self, result: object, n: int, d: "Deferred[None]") -> object:
+        self._hashing_len -= n
+        if self._hashing is d:
+            self._hashing = None
         if isinstance(result, Failure):
             self.log.failure("hashing a block failed", result)
             self._overflow = True  # cannot vouch for the data: treat as corrupt

@@ -1,5 +1,13 @@
 """Downloads from an S3 volume: a GET response streamed to a consumer as a
 push producer whose pause/resume reach the S3 connection itself.
+
+Pieces of the body smaller than :data:`COALESCE` are gathered into one write
+of up to :data:`WRITE_MAX`: each write to the keep client costs a trip through
+the HTTP server, its transport and usually a pause and resume of both
+connections, whatever its size. Plain HTTP connections to the bucket are read
+1 MiB at a time (:class:`~arvnode.keep.volumes.s3_client.LargeReadEndpoints`),
+so their pieces are mostly large already; HTTPS ones arrive in 32 KiB pieces
+(Twisted's TLS layer decrypts that much at a time), and a slow bucket trickles.
 """
 from __future__ import annotations
 
@@ -19,7 +27,12 @@ from zope.interface import implementer
 from arvnode.keep.volume import IBlockReader, VolumeError
 from arvnode.keep.volumes.s3_client import S3Error, S3Stats
 
-__all__ = ["S3BlockReader"]
+__all__ = ["S3BlockReader", "COALESCE", "WRITE_MAX"]
+
+#: Pieces are held back until this many bytes are waiting (or the body ended).
+COALESCE = 256 * 1024
+#: At most this many bytes go to the consumer in one write (one join).
+WRITE_MAX = 1 << 20
 
 
 class _BodyReceiver(Protocol):
@@ -40,8 +53,11 @@ class S3BlockReader:
     Twisted keeps the connection paused until ``deliverBody``, so nothing is
     read before :meth:`produce`; afterwards pause/resume go to the S3
     connection, and data that arrives while paused (the rest of one socket
-    read) is held and counted in ``stats.reader_max_buffered``. A body that
-    stops arriving for ``read_timeout`` while not paused is an error.
+    read) is held and counted in ``stats.reader_max_buffered``, as are small
+    pieces waiting to be written together (less than :data:`COALESCE`). A
+    body that stops arriving for ``read_timeout`` while not paused is an
+    error (small pieces held meanwhile are not lost: they are written with
+    the next data or at the end).
     """
 
     log = Logger()
@@ -135,13 +151,16 @@ class S3BlockReader:
             self._transport_call("stopProducing")
             self._finish(Failure(S3Error(f"GET {self._name}: more data than its {self.size} bytes")))
             return
-        if self._paused or self._held:
-            self._held.append(data)
-            self._held_len += len(data)
+        if not self._paused:
+            self._arm()
+            if not self._held and len(data) >= COALESCE:
+                self._write(data)
+                return
+        self._held.append(data)
+        self._held_len += len(data)
+        self._drain()
+        if not self._finished:
             self._stats.note_reader(self._held_len)
-            return
-        self._arm()
-        self._write(data)
 
     def _ended(self, reason: Failure) -> None:
         self._disarm()
@@ -150,9 +169,9 @@ class S3BlockReader:
 
     def _drain(self) -> None:
         while self._held and not self._paused and not self._finished:
-            data = self._held.popleft()
-            self._held_len -= len(data)
-            self._write(data)
+            if self._held_len < COALESCE and self._ended_reason is None:
+                return  # wait for more (the body is still coming)
+            self._write(self._take())
         if self._held or self._paused or self._finished or self._ended_reason is None:
             return
         reason = self._ended_reason
@@ -170,6 +189,23 @@ class S3BlockReader:
                 f" {self.size} bytes ({detail})",
                 retryable=True,
             )))
+
+    def _take(self) -> bytes:
+        """The next write: the first held piece, joined with those after it
+        while the total stays within :data:`WRITE_MAX`."""
+        held = self._held
+        first = held.popleft()
+        if len(first) >= COALESCE or not held or len(first) + len(held[0]) > WRITE_MAX:
+            self._held_len -= len(first)
+            return first
+        parts = [first]
+        total = len(first)
+        while held and total + len(held[0]) <= WRITE_MAX:
+            piece = held.popleft()
+            parts.append(piece)
+            total += len(piece)
+        self._held_len -= total
+        return b"".join(parts)
 
     def _write(self, data: bytes) -> None:
         assert self._consumer is not None
