@@ -124,6 +124,31 @@ class RemoteClientService(Service):
         return Deferred.fromCoroutine(self.client.close())
 
 
+def _oidc_provider(node: Any, config: Config, reactor: Any) -> Any:
+    """The OpenID Connect provider of a cluster that logs users in with one
+    (not a LoginCluster satellite), or None. Its requests go through a
+    RemoteClient of their own (the provider is one pseudo-remote), so they
+    get the same deadlines, body limits and TLS rules as calls to clusters."""
+    settings = config.login.oidc
+    login_cluster = config.login.login_cluster
+    if settings is None or (login_cluster and login_cluster != config.cluster_id):
+        return None
+    from arvnode.auth.oidc import CLIENT_KEY, OIDCProvider
+    from arvnode.config.model import RemoteCluster, URL
+
+    issuer = URL.parse(settings.issuer)
+    client = RemoteClient(
+        reactor=reactor, clock=reactor, local_cluster=config.cluster_id,
+        remotes={CLIENT_KEY: RemoteCluster(host=issuer.netloc, scheme=issuer.scheme,
+                                           insecure=config.tls.insecure)},
+        timeout=min(config.api.request_timeout, REMOTE_TOKEN_CHECK_TIMEOUT),
+    )
+    service = RemoteClientService(client)
+    service.setName("oidc-client")
+    service.setServiceParent(node)
+    return OIDCProvider(settings, client, reactor)
+
+
 class Node(OrderedMultiService):
     """The top service of one arvnode process."""
 
@@ -375,6 +400,7 @@ def build_node(
         timeout=config.api.request_timeout * 0.9,
     )
     node.remote_keep = RemoteKeep(remote_client, reactor)
+    oidc_provider = _oidc_provider(node, config, reactor)
 
     authenticator = Authenticator(
         store, reactor, cache_ttl=config.arvnode.token_cache_ttl, remote=remote_tokens,
@@ -404,7 +430,7 @@ def build_node(
         max_queued=config.api.max_queued_requests,
         request_timeout=config.api.request_timeout,
         store=store, authenticator=authenticator, config=config,
-        remote_client=remote_client, forwarder=node.forwarder,
+        remote_client=remote_client, forwarder=node.forwarder, oidc_provider=oidc_provider,
         # Callables: with port 0 the advertised port is the one bound at start.
         keepproxy_url=lambda: advertised_url(config.services.keepproxy, keepproxy),
         controller_url=lambda: advertised_url(config.services.controller, controller),

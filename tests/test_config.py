@@ -373,7 +373,7 @@ class LoadTests(ConfigTestMixin, SynchronousTestCase):
               TrashSweepInterval: 60s
             Login:
               RemoteTokenRefersh: 5m
-              Google: {Enable: false}
+              PAM: {Enable: false}
             Services:
               RailsAPI: {InternalURLs: {"http://localhost:8004": {}}}
               Controller: {InternalURLs: {"http://localhost:8003": {Rendezvous: x}}}
@@ -382,7 +382,7 @@ class LoadTests(ConfigTestMixin, SynchronousTestCase):
             "Clusters.zzzzz.Workbench",
             "Clusters.zzzzz.Collections.TrashSweepInterval",
             "Clusters.zzzzz.Login.RemoteTokenRefersh",
-            "Clusters.zzzzz.Login.Google",
+            "Clusters.zzzzz.Login.PAM",
             "Clusters.zzzzz.Services.RailsAPI",
             'Clusters.zzzzz.Services.Controller.InternalURLs."http://localhost:8003".Rendezvous',
             "Extra",
@@ -737,7 +737,7 @@ class MaskSecretsTests(ConfigTestMixin, SynchronousTestCase):
         dumped = yaml.safe_dump(mask_secrets(c))
         for secret in (c.system_root_token, c.management_token, c.collections.blob_signing_key,
                        c.users.anonymous_user_token, "not-a-real-password", "example/secret+key",
-                       "AKIAEXAMPLEEXAMPLE"):
+                       "AKIAEXAMPLEEXAMPLE", "oidc-secret-value"):
             self.assertNotIn(secret, dumped)
         cluster = mask_secrets(c)["Clusters"]["x9a2b"]
         self.assertEqual(cluster["SystemRootToken"], "***")
@@ -761,6 +761,7 @@ class MaskSecretsTests(ConfigTestMixin, SynchronousTestCase):
         cluster["ManagementToken"] = original.management_token
         cluster["Collections"]["BlobSigningKey"] = original.collections.blob_signing_key
         cluster["Users"]["AnonymousUserToken"] = original.users.anonymous_user_token
+        cluster["Login"]["OpenIDConnect"]["ClientSecret"] = original.login.openid_connect.client_secret
         text = yaml.safe_dump(dumped).replace("'***'", ROOT)
         self.assertEqual(len(tokens), 4)
         reloaded = config_from_string(text)
@@ -801,7 +802,7 @@ class FullConfigTests(SynchronousTestCase):
         unknown = load_config(FULL.path).unknown_keys
         for key in ("Clusters.x9a2b.Containers", "Clusters.x9a2b.Workbench", "Clusters.x9a2b.Mail",
                     "Clusters.x9a2b.Services.RailsAPI", "Clusters.x9a2b.Services.WebDAV",
-                    "Clusters.x9a2b.Login.Google",
+                    "Clusters.x9a2b.Login.PAM",
                     "Clusters.x9a2b.Collections.TrashSweepInterval", "Clusters.x9a2b.API.MaxTokenLifetime",
                     "Clusters.x9a2b.InstanceTypes", "Clusters.x9a2b.TLS.ACME"):
             self.assertIn(key, unknown)

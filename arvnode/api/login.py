@@ -35,6 +35,12 @@ Decisions (spec arvados-wire.md §8.4, §8.5; DESIGN.md §3a):
   revoked here (the configured root and anonymous tokens excepted) and the
   browser goes to ``return_to``. Satellites still accept the revoked token
   until their next check, i.e. within one ``Login.RemoteTokenRefresh``.
+* With ``Login.OpenIDConnect`` (or ``Login.Google``) instead of the test
+  login, ``GET /login`` is a round trip to the provider
+  (:mod:`arvnode.api.login_oidc`); what happens once the provider vouched
+  for an email address (user found or created, token issued, salted for
+  ``remote``, 303 to ``return_to``) is :meth:`LoginHandler.deliver`, shared
+  by both methods.
 """
 from __future__ import annotations
 
@@ -51,6 +57,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from arvnode import ids
 from arvnode.api import params as P
+from arvnode.api.login_oidc import OIDCLogin
 from arvnode.auth.salting import salt_token
 from arvnode.auth.tokens import token_from_request
 from arvnode.http.resource import HTTPError
@@ -137,16 +144,19 @@ class LoginHandler:
 
     ``deps`` is the controller's :class:`arvnode.api.resources.base.Deps`;
     ``remote_client`` the node's :class:`arvnode.remote.client.RemoteClient`
-    (None: no federation).
+    (None: no federation); ``oidc_provider`` an
+    :class:`arvnode.auth.oidc.OIDCProvider` when an OpenID Connect login is
+    enabled.
     """
 
     log = Logger()
 
-    def __init__(self, deps: Any, remote_client: Any = None) -> None:
+    def __init__(self, deps: Any, remote_client: Any = None, oidc_provider: Any = None) -> None:
         self.deps = deps
         self.remote_client = remote_client
         login = deps.config.login
         self.login_cluster = login.login_cluster if login.login_cluster != deps.cluster_id else ""
+        self.oidc = OIDCLogin(self, oidc_provider) if oidc_provider is not None else None
 
     @property
     def clock(self) -> IReactorTime:
@@ -211,9 +221,12 @@ class LoginHandler:
                 query["remote"] = remote
             target = self._remote_base(self.login_cluster) + "/login?" + urlencode(query)
             return self._redirect(request, 302, target)
+        if self.oidc is not None:
+            return await self.oidc.login(request, method, params)
         if not self._test_users():
-            raise HTTPError(404, "this cluster has no login method configured "
-                                 "(set Login.Test.Enable and Login.Test.Users, or Login.LoginCluster)")
+            raise HTTPError(404, "this cluster has no login method configured (set "
+                                 "Login.OpenIDConnect, Login.Test.Enable and Login.Test.Users, "
+                                 "or Login.LoginCluster)")
         if not return_to:
             raise HTTPError(400, "missing return_to parameter: where should the token go?")
         self._check_return_to(return_to)
@@ -225,11 +238,15 @@ class LoginHandler:
         if user is None:
             return self._form(request, 401, return_to, remote,
                               error="Wrong username or password.")
+        return await self.deliver(request, user, return_to, remote, how="test login")
+
+    async def deliver(self, request: Any, user: Any, return_to: str, remote: str, how: str) -> Any:
+        """Issue ``user`` a token (salted for ``remote``) and send the browser to ``return_to``."""
         token = await self._issue(user)
         if remote and remote != self.deps.cluster_id:
             token = salt_token(token, remote)
-        self.log.info("test login: {user} logged in (token for {where})",
-                      user=user.uuid, where=remote or "any cluster")
+        self.log.info("{how}: {user} logged in (token for {where})",
+                      how=how, user=user.uuid, where=remote or "any cluster")
         return self._redirect(request, 303, _with_token(return_to, token))
 
     def _form(self, request: Any, status: int, return_to: str, remote: str, error: str = "") -> Any:
@@ -251,7 +268,8 @@ class LoginHandler:
             return None
         return await self._user_for(username, entry.email)
 
-    async def _user_for(self, username: str, email: str) -> Any:
+    async def _user_for(self, username: str, email: str, first_name: str | None = None,
+                        last_name: str = "") -> Any:
         store = self.deps.store
         c = self.deps.cluster_id
         # Only ordinary local users: never the system or anonymous user, never
@@ -271,11 +289,12 @@ class LoginHandler:
             taken = {u.username for u in await store.list_users()}
             name = username if username not in taken else None
             try:
-                user = await store.create_user(email=email, username=name, first_name=username,
-                                               is_active=active)
+                user = await store.create_user(
+                    email=email, username=name, is_active=active,
+                    first_name=username if first_name is None else first_name, last_name=last_name)
             except Conflict:
                 continue  # a concurrent first login created it: find it again
-            self.log.info("test login: created user {uuid} for {name}", uuid=user.uuid, name=username)
+            self.log.info("login: created user {uuid} for {name}", uuid=user.uuid, name=username)
             return user
         raise HTTPError(503, "could not create the user record; try again")
 

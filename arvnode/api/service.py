@@ -357,6 +357,7 @@ def build_controller_site(
     controller_url: Callable[[], str] | None = None,
     remote_client: Any = None,
     forwarder: Any = None,
+    oidc_provider: Any = None,
 ) -> NodeSite:
     """The controller's site. Without ``config``/``store`` it answers 404 to every API path.
 
@@ -381,7 +382,7 @@ def build_controller_site(
     root = ControllerResource(clock=clock, rng=rng, limits=limits, deps=deps,
                               federation=federation)
     if deps is not None:
-        root.login = LoginHandler(deps, remote_client)
+        root.login = LoginHandler(deps, remote_client, oidc_provider)
         # LoginCluster satellites forward user get/list there (users.py).
         deps.resources["users"].remote_client = remote_client
     site = NodeSite(

@@ -76,6 +76,14 @@ def mask_secrets(config: Config) -> dict[str, Any]:
                 "Users": {name: {"Email": u.email, "Password": _mask(u.password)}
                           for name, u in c.login.test_users.items()},
             },
+            "OpenIDConnect": _oidc(c.login.openid_connect),
+            "Google": {
+                "Enable": c.login.google.enable,
+                "ClientID": c.login.google.client_id,
+                "ClientSecret": _mask(c.login.google.client_secret),
+                "AuthenticationRequestParameters": dict(
+                    c.login.google.authentication_request_parameters),
+            },
         },
         "RemoteClusters": {
             cid: {
@@ -134,6 +142,21 @@ def mask_secrets(config: Config) -> dict[str, Any]:
         },
     }
     return {"Clusters": {c.cluster_id: cluster}}
+
+
+def _oidc(o: Any) -> dict[str, Any]:
+    return {
+        "Enable": o.enable,
+        "Issuer": o.issuer,
+        "ClientID": o.client_id,
+        "ClientSecret": _mask(o.client_secret),
+        "EmailClaim": o.email_claim,
+        "EmailVerifiedClaim": o.email_verified_claim,
+        "UsernameClaim": o.username_claim,
+        "AcceptAccessToken": o.accept_access_token,
+        "AcceptAccessTokenScope": o.accept_access_token_scope,
+        "AuthenticationRequestParameters": dict(o.authentication_request_parameters),
+    }
 
 
 def _mask_params(params: Mapping[str, Any]) -> Any:

@@ -175,6 +175,26 @@ class TestUser:
 
 
 @frozen
+class OpenIDConnectConfig:
+    """``Login.OpenIDConnect`` (or ``Login.Google``, which is this with
+    Google's issuer): log users in with an OpenID Connect provider."""
+
+    enable: bool = False
+    issuer: str = ""
+    client_id: str = ""
+    client_secret: str = field(default="", repr=False)
+    email_claim: str = "email"
+    # "": the provider's email claim is trusted as is.
+    email_verified_claim: str = "email_verified"
+    # "": the user name comes from the email address.
+    username_claim: str = ""
+    accept_access_token: bool = False
+    accept_access_token_scope: str = ""
+    # Extra query parameters of the authorization request (prompt, hd ...).
+    authentication_request_parameters: Mapping[str, str] = field(factory=dict, converter=_freeze)
+
+
+@frozen
 class LoginConfig:
     remote_token_refresh: float = 300.0
     login_cluster: str = ""
@@ -184,6 +204,17 @@ class LoginConfig:
     # Login.Test: Arvados' built-in username/password login (username → user).
     test_enable: bool = False
     test_users: Mapping[str, TestUser] = field(factory=dict, converter=_freeze)
+    openid_connect: OpenIDConnectConfig = OpenIDConnectConfig()
+    # Login.Google, read into the same shape (its issuer is fixed).
+    google: OpenIDConnectConfig = OpenIDConnectConfig()
+
+    @property
+    def oidc(self) -> OpenIDConnectConfig | None:
+        """The enabled OpenID Connect login (OpenIDConnect or Google), or None."""
+        for method in (self.openid_connect, self.google):
+            if method.enable:
+                return method
+        return None
 
 
 @frozen

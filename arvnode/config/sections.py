@@ -15,6 +15,7 @@ from arvnode.config.model import (
     KeepproxyPermission,
     KeepproxySettings,
     LoginConfig,
+    OpenIDConnectConfig,
     PostgreSQLConfig,
     RemoteCluster,
     ServiceConfig,
@@ -169,6 +170,15 @@ def _login(r: _Reader, cluster: _Section) -> LoginConfig:
         if not password:
             r.bad(path + ("Password",), "nothing", "a password (a login without one is refused)")
         users[name] = TestUser(email=email, password=password)
+    test_enable = r.boolean(test, "Enable", False)
+    oidc = _openid_connect(r, r.section(sec, "OpenIDConnect"))
+    google = _openid_connect(r, r.section(sec, "Google"), issuer=GOOGLE_ISSUER)
+    enabled = [name for name, on in (("Login.Test.Enable", test_enable),
+                                     ("Login.OpenIDConnect.Enable", oidc.enable),
+                                     ("Login.Google.Enable", google.enable)) if on]
+    if len(enabled) > 1:
+        r.bad(sec.path, f"Enable: true in each of {', '.join(enabled)}",
+              "at most one login method enabled (set the others' Enable to false)")
     return LoginConfig(
         remote_token_refresh=r.duration(sec, "RemoteTokenRefresh", 300.0, positive=True),
         login_cluster=r.typed(
@@ -177,8 +187,73 @@ def _login(r: _Reader, cluster: _Section) -> LoginConfig:
         trusted_clients=tuple(trusted),
         token_lifetime=r.duration(sec, "TokenLifetime", 0.0),
         trust_private_networks=r.boolean(sec, "TrustPrivateNetworks", False),
-        test_enable=r.boolean(test, "Enable", False),
+        test_enable=test_enable,
         test_users=users,
+        openid_connect=oidc,
+        google=google,
+    )
+
+
+GOOGLE_ISSUER = "https://accounts.google.com"
+
+
+def _issuer(v: Any) -> str:
+    """An https URL; http only on a loopback host (an in-test provider)."""
+    if not isinstance(v, str):
+        raise ValueError("")
+    url = URL.parse(v)
+    if url.scheme != "https" and url.host not in ("localhost", "::1") and not url.host.startswith("127."):
+        raise ValueError("http is allowed only for a loopback address")
+    return v
+
+
+def _openid_connect(r: _Reader, sec: _Section, issuer: str = "") -> OpenIDConnectConfig:
+    """``Login.OpenIDConnect``, or ``Login.Google`` when ``issuer`` is given
+    (Arvados' Google login is OpenID Connect with Google's issuer and the
+    standard claims)."""
+    enable = r.boolean(sec, "Enable", False)
+    if not issuer:
+        issuer = r.typed(sec, "Issuer", "", _issuer,
+                         "the provider's https URL, e.g. https://keycloak.example.org/realms/main")
+    client_id = r.text(sec, "ClientID")
+    value, path = r.raw(sec, "ClientSecret")
+    secret = ""
+    if isinstance(value, str):
+        secret = value
+    elif value is not None:
+        r.bad(path, _show_secret(value), "a string")
+    params: dict[str, str] = {}
+    for key, val, ppath in r.entries(sec, "AuthenticationRequestParameters",
+                                     "a mapping of query parameter to value"):
+        if not isinstance(val, str):
+            r.bad(ppath, _show(val), "a string")
+        else:
+            params[key] = val
+    if enable:
+        for key, got in (("Issuer", issuer), ("ClientID", client_id), ("ClientSecret", secret)):
+            if not got and not (key == "Issuer" and sec.data.get("Issuer")):
+                r.bad(sec.path + (key,), "nothing", f"the provider's {key} (required with Enable: true)")
+    if sec.path[-1] == "Google":
+        alternate, apath = r.raw(sec, "AlternateEmailAddresses")
+        if alternate is True and enable:
+            r.warn(apath, "arvnode does not ask Google's People API: only the ID token's email is used")
+        return OpenIDConnectConfig(enable=enable, issuer=issuer, client_id=client_id,
+                                   client_secret=secret, authentication_request_parameters=params)
+    accept = r.boolean(sec, "AcceptAccessToken", False)
+    if accept and enable:
+        r.warn(sec.path + ("AcceptAccessToken",),
+               "arvnode does not accept the provider's access tokens as API tokens; ignored")
+    return OpenIDConnectConfig(
+        enable=enable,
+        issuer=issuer,
+        client_id=client_id,
+        client_secret=secret,
+        email_claim=r.text(sec, "EmailClaim", "email") or "email",
+        email_verified_claim=r.text(sec, "EmailVerifiedClaim", "email_verified"),
+        username_claim=r.text(sec, "UsernameClaim"),
+        accept_access_token=accept,
+        accept_access_token_scope=r.text(sec, "AcceptAccessTokenScope"),
+        authentication_request_parameters=params,
     )
 
 

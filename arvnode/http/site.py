@@ -39,7 +39,8 @@ _SIGNATURE = re.compile(r"\+A[0-9a-fA-F]{40}@")
 
 
 def loggable_uri(uri: bytes) -> str:
-    """The request URI with any ``api_token`` query parameter removed and
+    """The request URI with any ``api_token`` query parameter (and a
+    ``/login`` ``code``) removed and
     block permission signatures (``+A<40 hex>@``) masked.
 
     A signature is useless without the token it was made for, but the
@@ -50,7 +51,10 @@ def loggable_uri(uri: bytes) -> str:
     path = _SIGNATURE.sub("+A-@", path)
     if not sep:
         return path
-    kept = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k != "api_token"]
+    # On /login, an OpenID Connect authorization code is as good as a token
+    # until it is used: not logged either.
+    secret = ("api_token", "code") if path.rstrip("/") == "/login" else ("api_token",)
+    kept = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k not in secret]
     return path + ("?" + urlencode(kept) if kept else "")
 
 

@@ -13,6 +13,11 @@ class LoggableUriTests(SynchronousTestCase):
         self.assertEqual(loggable_uri(b"/x?api_token=secret&limit=1"), "/x?limit=1")
         self.assertEqual(loggable_uri(b"/x?api_token=secret"), "/x")
 
+    def test_login_code_removed(self) -> None:
+        """An OpenID Connect authorization code is a credential until used."""
+        self.assertEqual(loggable_uri(b"/login?code=c0de&state=s"), "/login?state=s")
+        self.assertEqual(loggable_uri(b"/x?code=1"), "/x?code=1")
+
     def test_block_signature_masked(self) -> None:
         """A GET of a signed locator is logged with its hash, size and expiry,
         not its signature (the audit line shows no signature either)."""
