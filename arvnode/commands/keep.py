@@ -91,6 +91,9 @@ def run_balance(args: argparse.Namespace) -> int:
             print(f"  would trash:         {result.candidates} ({result.candidate_bytes} bytes)")
         else:
             print(f"  trashed:             {result.trashed} ({result.trashed_bytes} bytes)")
+            if result.queued:
+                print(f"  sent to keepstores:  {result.queued} ({result.queued_bytes} bytes;"
+                      " they trash them on their own)")
             print(f"  refused by volume:   {result.refused}")
             print(f"  failed:              {result.failed}")
         if result.index_errors:

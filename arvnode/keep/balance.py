@@ -15,6 +15,10 @@ One pass:
    block hashes there, so only one batch of manifests is ever in memory.
    The set holds 16-byte digests: about 85-110 MB per million distinct
    blocks (a 16-byte ``bytes`` object is ~56 bytes, its set slot 16-32).
+   Then a catch-up read of the rows modified since the pass began (less
+   ``CATCH_UP_MARGIN``): the batches are no snapshot, and a block moved
+   during the scan from a row not yet read to one already passed would
+   otherwise be in neither read (:meth:`Balancer._referenced`).
 2. **Indexes**, read after the scan, one hex prefix (``0`` .. ``f``) at a
    time so that a big volume's listing is held a sixteenth at a time, of
    every writable volume that offers ``trash`` (directory and S3 volumes,
@@ -22,8 +26,8 @@ One pass:
 3. **Trash** each replica whose hash is not referenced and whose mtime is
    older than (pass start - ``BlobSigningTTL``), with
    ``volume.trash(hash, mtime_ns)``, at most ``BlobTrashConcurrency`` at
-   a time (and at most ``MAX_QUEUED`` waiting before the next prefix is
-   listed). The volume re-checks the mtime, so a block written again
+   a time (and at most ``MAX_QUEUED`` queued before the pass waits for
+   them). The volume re-checks the mtime, so a block written again
    since the index was read stays.
 
 Safety, since losing a referenced block is the worst possible bug:
@@ -36,13 +40,15 @@ Safety, since losing a referenced block is the worst possible bug:
   comes with a fresh mtime (a PUT of a stored block touches it), so a
   block older than the cutoff has none; a collection saved while the scan
   runs is covered the same way. A locator read from a collection is
-  covered while that collection's row exists (trashed ones included); the
-  volume's ``BlobTrashLifetime`` is the last line of defence.
+  covered while that collection's row exists (trashed ones included),
+  and a row saved during the scan by the catch-up read; the volume's
+  ``BlobTrashLifetime`` is the last line of defence.
 * ``BlobTrash: false`` or a dry run: counts only, nothing trashed.
 * The empty block is never trashed (it is implicit everywhere).
 * Once the scan is complete each trash call is safe on its own: a volume
   whose index fails is skipped for the pass, and past ``BalanceTimeout``
-  no further trash call starts (``stopped`` says so).
+  or once :meth:`Balancer.stop` was called (the node is stopping) no
+  further trash call starts (``stopped`` says so).
 """
 from __future__ import annotations
 
@@ -50,7 +56,13 @@ from typing import Any, Callable, Iterable, Sequence
 
 from attrs import define, field
 from prometheus_client import Counter, Gauge
-from twisted.internet.defer import Deferred, DeferredSemaphore, TimeoutError, gatherResults
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    DeferredSemaphore,
+    TimeoutError,
+    gatherResults,
+)
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
@@ -62,7 +74,9 @@ __all__ = ["BalanceAborted", "BalanceMetrics", "Balancer", "PassResult", "manife
 
 PREFIXES = tuple("0123456789abcdef")
 DEFAULT_BATCH = 200  # collection rows per database round trip
-MAX_QUEUED = 10_000  # trash calls queued before the next prefix is listed
+MAX_QUEUED = 10_000  # trash calls queued (waiting for the semaphore) before the pass waits
+#: The catch-up scan reads rows modified since (pass start - this), seconds.
+CATCH_UP_MARGIN = 600.0
 
 
 class BalanceAborted(Exception):
@@ -78,6 +92,7 @@ class PassResult:
     dry_run: bool = False
     aborted: str = ""        # why the pass trashed nothing ("" when it completed)
     collections: int = 0     # collection rows scanned
+    rescanned: int = 0       # rows read again by the catch-up scan (modified during the pass)
     referenced: int = 0      # distinct block hashes those rows reference
     seen: int = 0            # replicas listed by the volumes' indexes
     unreferenced: int = 0    # replicas whose hash no collection references
@@ -86,6 +101,8 @@ class PassResult:
     candidate_bytes: int = 0
     trashed: int = 0         # replicas the volumes moved to their trash
     trashed_bytes: int = 0   # bytes freed (to trash)
+    queued: int = 0          # accepted by a keepstore that trashes later (outcome unknown)
+    queued_bytes: int = 0
     refused: int = 0         # trash() said no (touched since the index, or BlobTrash off there)
     failed: int = 0          # trash() raised or timed out
     index_errors: int = 0    # volumes skipped because their index failed
@@ -102,6 +119,9 @@ class PassResult:
         verb = "would trash" if self.dry_run else "trashed"
         done = (f"{self.candidates} ({self.candidate_bytes} bytes)" if self.dry_run
                 else f"{self.trashed} ({self.trashed_bytes} bytes)")
+        if self.queued:
+            done += (f", sent {self.queued} ({self.queued_bytes} bytes) to keepstores'"
+                     " trash lists")
         return (f"{self.collections} collections referencing {self.referenced} blocks; "
                 f"{len(self.volumes)} volumes: {self.seen} blocks seen, "
                 f"{self.seen - self.unreferenced} referenced, {self.unreferenced} unreferenced, "
@@ -207,6 +227,20 @@ class Balancer:
         self.batch_size = max(1, int(batch_size))
         self.metrics = metrics
         self.last: PassResult | None = None
+        self._stopping = False
+        self._waiting: Deferred[Any] | None = None  # what the pass awaits in _within
+
+    def stop(self) -> None:
+        """The node is stopping: end a pass in flight soon (a scan aborts, no
+        further trash call starts; the calls in flight finish). Why: a pass
+        may run for ``BalanceTimeout`` (hours) and stopping waits for it."""
+        self._stopping = True
+        if self._waiting is not None:
+            self._waiting.cancel()
+
+    def resume(self) -> None:
+        """Undo :meth:`stop` (the service was started again)."""
+        self._stopping = False
 
     async def run_pass(
         self, *, dry_run: bool = False,
@@ -247,36 +281,71 @@ class Balancer:
         return result
 
     async def _within(self, d: Deferred[Any], deadline: float, what: str) -> Any:
-        """``await d``, but at most until ``deadline``: BalanceAborted otherwise."""
+        """``await d``, but at most until ``deadline`` and not once :meth:`stop`
+        was called: BalanceAborted otherwise."""
         left = deadline - self._clock.seconds()
-        if left <= 0:
+        if left <= 0 or self._stopping:
             d.cancel()
+            if self._stopping:
+                raise BalanceAborted(f"the node is stopping ({what} not done)")
             raise BalanceAborted(f"BalanceTimeout ({self.timeout:g}s) passed before {what}")
         d.addTimeout(left, self._clock)
+        self._waiting = d
         try:
             return await d
+        except CancelledError:
+            if not self._stopping:
+                raise BalanceAborted(f"{what} was cancelled") from None
+            raise BalanceAborted(f"the node is stopping ({what} not done)") from None
         except TimeoutError:
             raise BalanceAborted(
                 f"BalanceTimeout ({self.timeout:g}s) passed during {what}") from None
         except Exception as e:
             raise BalanceAborted(f"{what} failed: {type(e).__name__}: {e}") from None
+        finally:
+            self._waiting = None
 
     async def _referenced(self, result: PassResult, deadline: float) -> set[bytes]:
+        """The digests every collection row references: a scan of the whole
+        table by uuid, then a catch-up read of the rows modified since the
+        pass began.
+
+        Why the catch-up: the batches are not one snapshot. A client that
+        moves an old block from a collection the scan has not reached yet
+        into one whose uuid it has passed (save the new one, then update
+        the old one: moving files) would leave the block in neither read;
+        its mtime is old, so BlobSigningTTL does not protect it. The new
+        row's modified_at is after the pass began, so the catch-up sees it.
+        ``CATCH_UP_MARGIN`` covers a request that took its timestamp just
+        before the pass began and committed after, and clock skew between
+        nodes sharing a PostgreSQL database.
+        """
         referenced: set[bytes] = set()
+        result.collections = await self._scan(referenced, deadline, None)
+        result.rescanned = await self._scan(
+            referenced, deadline, result.started_at - CATCH_UP_MARGIN)
+        result.referenced = len(referenced)
+        return referenced
+
+    async def _scan(self, referenced: set[bytes], deadline: float,
+                    modified_since: float | None) -> int:
+        """Add the digests of the rows (modified since ``modified_since``, if given)
+        to ``referenced``, a batch at a time; the number of rows read."""
+        kw = {} if modified_since is None else {"modified_since": modified_since}
+        what = "the collection scan" if modified_since is None else "the catch-up scan"
+        rows = 0
         after = ""
         while True:
             batch = await self._within(
                 Deferred.fromCoroutine(
-                    self._store.scan_manifests(after, self.batch_size, manifest_digests)),
-                deadline, "the collection scan")
+                    self._store.scan_manifests(after, self.batch_size, manifest_digests, **kw)),
+                deadline, what)
             for _uuid, digests in batch:
                 referenced.update(digests)
-            result.collections += len(batch)
+            rows += len(batch)
             if len(batch) < self.batch_size:
-                break
+                return rows
             after = batch[-1][0]
-        result.referenced = len(referenced)
-        return referenced
 
     async def _sweep(self, result: PassResult, referenced: set[bytes], volumes: Sequence[Any],
                      deadline: float, cutoff: float,
@@ -300,7 +369,7 @@ class Balancer:
                         Deferred.fromCoroutine(_index(volume, prefix)), deadline,
                         f"the index of volume {volume.uuid}")
                 except BalanceAborted as e:
-                    if self._clock.seconds() >= deadline:
+                    if self._stopping or self._clock.seconds() >= deadline:
                         result.stopped = str(e)
                         break
                     broken.add(volume.uuid)
@@ -309,15 +378,8 @@ class Balancer:
                                   volume=volume.uuid, why=str(e))
                     continue
                 for hash, size, mtime_ns in entries:
-                    result.seen += 1
-                    if bytes.fromhex(hash) in referenced:
+                    if not _candidate(result, referenced, cutoff_ns, hash, size, mtime_ns):
                         continue
-                    result.unreferenced += 1
-                    if hash == EMPTY_BLOCK_HASH or mtime_ns > cutoff_ns:
-                        result.too_new += 1
-                        continue
-                    result.candidates += 1
-                    result.candidate_bytes += size
                     if result.dry_run:
                         if report is not None:
                             report(volume, hash, size, mtime_ns)
@@ -325,9 +387,9 @@ class Balancer:
                     work.append(semaphore.run(
                         lambda *a: Deferred.fromCoroutine(self._trash_one(*a)),
                         result, volume, hash, size, mtime_ns, deadline, report))
-            if len(work) >= MAX_QUEUED:  # bound what waits for the semaphore
-                await gatherResults(work)
-                work = []
+                    if len(work) >= MAX_QUEUED:  # bound what waits for the semaphore
+                        await gatherResults(work)
+                        work = []
             if result.stopped:
                 break
         await gatherResults(work)
@@ -338,6 +400,9 @@ class Balancer:
                          mtime_ns: int, deadline: float,
                          report: Callable[[Any, str, int, int], None] | None) -> None:
         left = deadline - self._clock.seconds()
+        if self._stopping:
+            result.stopped = "the node is stopping"
+            return
         if left <= 0:
             result.stopped = f"BalanceTimeout ({self.timeout:g}s) passed during the trash phase"
             return
@@ -350,13 +415,35 @@ class Balancer:
             self.log.warn("balance: trash {hash} on {volume} failed: {error}",
                           hash=hash, volume=volume.uuid, error=f"{type(e).__name__}: {e}")
             return
-        if done:
+        if not done:
+            result.refused += 1
+            return
+        if getattr(volume, "trash_is_queued", False):
+            # A keepstore's PUT /trash: accepted, not done; a later list
+            # replaces what it has not worked on yet. Not counted as trashed.
+            result.queued += 1
+            result.queued_bytes += size
+        else:
             result.trashed += 1
             result.trashed_bytes += size
-            if report is not None:
-                report(volume, hash, size, mtime_ns)
-        else:
-            result.refused += 1
+        if report is not None:
+            report(volume, hash, size, mtime_ns)
+
+
+def _candidate(result: PassResult, referenced: set[bytes], cutoff_ns: int,
+               hash: str, size: int, mtime_ns: int) -> bool:
+    """Count one listed replica in ``result``: is it unreferenced, not the
+    empty block, and older than the cutoff (pass start - BlobSigningTTL)?"""
+    result.seen += 1
+    if bytes.fromhex(hash) in referenced:
+        return False
+    result.unreferenced += 1
+    if hash == EMPTY_BLOCK_HASH or mtime_ns > cutoff_ns:
+        result.too_new += 1
+        return False
+    result.candidates += 1
+    result.candidate_bytes += size
+    return True
 
 
 async def _index(volume: Any, prefix: str) -> list[tuple[str, int, int]]:

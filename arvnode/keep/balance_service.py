@@ -84,6 +84,16 @@ class BalancerService(TrashSweeper):
         self.setName(SERVICE_NAME)
         self.balancer = balancer
 
+    def startService(self) -> None:
+        self.balancer.resume()
+        super().startService()
+
+    def stopService(self) -> Any:
+        """Tell a pass in flight to end (it could run for BalanceTimeout), then
+        wait for it: the store and volumes stop after this service."""
+        self.balancer.stop()
+        return super().stopService()
+
     async def sweep(self) -> PassResult:  # type: ignore[override]
         self.rounds += 1
         result = await self.balancer.run_pass()

@@ -93,6 +93,7 @@ from arvnode.keep.upload import (
     open_replicas,
 )
 from arvnode.keep.volume import IVolume
+from arvnode.keep.volumes.upstream import UpstreamKeepstore
 from arvnode.keep.handler import HandlerResource, HandlerSite
 from arvnode.keep.wire import CORS_HEADERS, KeepError, format_classes, requested_classes
 from arvnode.web.metrics import NodeMetrics
@@ -175,8 +176,6 @@ class Keepstore:
     def _pull_source(self, url: str) -> Any:
         """Another keepstore to pull from, with SystemRootToken and locators
         signed for it (as Arvados' pull worker does)."""
-        from arvnode.keep.volumes.upstream import UpstreamKeepstore
-
         return UpstreamKeepstore(
             "pull-source", url, reactor=self.reactor, clock=self.clock, token=self._root_token,
             signing_key=self.signing_key, signing_ttl=self.signing_ttl,

@@ -23,9 +23,9 @@ from typing import Any, Callable, Sequence
 from attrs import frozen
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 
 from arvnode.keep.rendezvous import sort_services
+from arvnode.keep.trash import WorkList
 
 __all__ = ["PullItem", "Puller", "parse_pull_list"]
 
@@ -119,15 +119,16 @@ class _CopyConsumer:
         return d
 
 
-class Puller:
-    """Works on pull lists with up to ``concurrency`` items at once.
+class Puller(WorkList[PullItem]):
+    """Works on pull lists (a :class:`~arvnode.keep.trash.WorkList`) with up
+    to ``concurrency`` items at once.
 
     ``volumes()`` gives the writable local volumes; ``source(url)`` makes a
     volume-like reader of another keepstore (an ``UpstreamKeepstore`` with
     the root token), stopped after use.
     """
 
-    log = Logger()
+    _what = "pulling"
 
     def __init__(
         self,
@@ -137,53 +138,27 @@ class Puller:
         clock: IReactorTime,
         concurrency: int = 4,
     ) -> None:
+        super().__init__(concurrency)
         self._volumes = volumes
         self._source = source
         self._clock = clock
-        self._concurrency = max(1, concurrency)
-        self._todo: list[PullItem] = []
-        self._running = 0
-        self._idle: list[Deferred[None]] = []
         self.pulled = 0
         self.failed = 0
 
-    @property
-    def pending(self) -> int:
-        return len(self._todo)
-
     def set_list(self, data: Any) -> None:
         """Replace the pending list. @raise ValueError: a bad list (nothing changes)."""
-        self._todo = parse_pull_list(data)
-        while self._running < self._concurrency and self._todo:
-            self._running += 1
-            Deferred.fromCoroutine(self._work()).addErrback(
-                lambda f: self.log.failure("pull worker failed", f))
+        self._replace(parse_pull_list(data))
 
-    def idle(self) -> "Deferred[None]":
-        if self._running == 0:
-            return succeed(None)
-        d: Deferred[None] = Deferred()
-        self._idle.append(d)
-        return d
-
-    async def _work(self) -> None:
+    async def _one(self, item: PullItem) -> None:
         try:
-            while self._todo:
-                item = self._todo.pop(0)
-                try:
-                    if await self.pull(item):
-                        self.pulled += 1
-                    else:
-                        self.failed += 1
-                except Exception:
-                    self.failed += 1
-                    self.log.failure("pulling {hash} failed", hash=item.hash)
-        finally:
-            self._running -= 1
-            if self._running == 0:
-                waiting, self._idle = self._idle, []
-                for d in waiting:
-                    d.callback(None)
+            ok = await self.pull(item)
+        except Exception:
+            self.failed += 1
+            raise
+        if ok:
+            self.pulled += 1
+        else:
+            self.failed += 1
 
     def _target(self, item: PullItem) -> Any:
         volumes = list(self._volumes())

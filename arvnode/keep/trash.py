@@ -15,7 +15,8 @@ referenced block is the worst possible bug, so every check errs on keeping:
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections import deque
+from typing import Any, Callable, Generic, Iterable, Sequence, TypeVar
 
 from attrs import frozen
 from twisted.application.service import Service
@@ -30,10 +31,12 @@ __all__ = [
     "TrashItem",
     "TrashListWorker",
     "TrashPolicy",
+    "WorkList",
     "parse_trash_list",
 ]
 
 EMPTY_TRASH_SERVICE_NAME = "blob-trash-sweeper"
+_Item = TypeVar("_Item")
 
 
 @frozen
@@ -99,50 +102,33 @@ def parse_trash_list(data: Any) -> list[TrashItem]:
     return out
 
 
-class TrashListWorker:
-    """Keepstore's trash queue: ``set_list`` replaces what is pending (as
-    Arvados' ``SetTrashList`` does: a new list from keep-balance supersedes
-    the old one), and up to ``concurrency`` items are worked on at once.
-
-    ``volumes()`` gives the mounts that may trash (writable local volumes);
-    each item is checked against ``BlobSigningTTL`` here (Arvados' worker
-    does) and then against its stored mtime by the volume itself.
+class WorkList(Generic[_Item]):
+    """A keepstore work list (trash or pull): ``_replace`` swaps in a new
+    list (Arvados' keepstore does: a newer list from keep-balance
+    supersedes the old one, whose entries may be stale), and up to
+    ``concurrency`` items are worked on at once by :meth:`_one`.
     """
 
     log = Logger()
+    _what = "work"  # names the item in the log
 
-    def __init__(
-        self,
-        *,
-        volumes: Callable[[], Sequence[Any]],
-        policy: TrashPolicy,
-        clock: IReactorTime,
-        concurrency: int = 4,
-    ) -> None:
-        self._volumes = volumes
-        self._policy = policy
-        self._clock = clock
+    def __init__(self, concurrency: int) -> None:
         self._concurrency = max(1, concurrency)
-        self._todo: list[TrashItem] = []
+        # A deque: a list of ~600,000 entries popped from the front is quadratic.
+        self._todo: deque[_Item] = deque()
         self._running = 0
         self._idle: list[Deferred[None]] = []
-        self.trashed = 0  # (block, volume) pairs trashed since start
-        self.skipped = 0  # items refused (too new, unknown mount, mtime changed)
 
     @property
     def pending(self) -> int:
         return len(self._todo)
 
-    def set_list(self, items: Sequence[TrashItem]) -> None:
-        self._todo = list(items)
-        if not self._policy.enabled:
-            # Arvados runs no trash worker then; the list is accepted and dropped.
-            self._todo = []
-            return
+    def _replace(self, items: Iterable[_Item]) -> None:
+        self._todo = deque(items)
         while self._running < self._concurrency and self._todo:
             self._running += 1
             Deferred.fromCoroutine(self._work()).addErrback(
-                lambda f: self.log.failure("trash worker failed", f))
+                lambda f: self.log.failure("{what} worker failed", f, what=self._what))
 
     def idle(self) -> "Deferred[None]":
         """Fires once the queue is empty and no item is in progress."""
@@ -155,17 +141,51 @@ class TrashListWorker:
     async def _work(self) -> None:
         try:
             while self._todo:
-                item = self._todo.pop(0)
+                item = self._todo.popleft()
                 try:
                     await self._one(item)
                 except Exception:
-                    self.log.failure("trashing {hash} failed", hash=item.hash)
+                    self.log.failure("{what} {hash} failed", what=self._what,
+                                     hash=getattr(item, "hash", "?"))
         finally:
             self._running -= 1
             if self._running == 0:
                 waiting, self._idle = self._idle, []
                 for d in waiting:
                     d.callback(None)
+
+    async def _one(self, item: _Item) -> None:
+        raise NotImplementedError
+
+
+class TrashListWorker(WorkList[TrashItem]):
+    """Keepstore's trash queue (``PUT /trash``), a :class:`WorkList`.
+
+    ``volumes()`` gives the mounts that may trash (writable local volumes);
+    each item is checked against ``BlobSigningTTL`` here (Arvados' worker
+    does) and then against its stored mtime by the volume itself.
+    """
+
+    _what = "trashing"
+
+    def __init__(
+        self,
+        *,
+        volumes: Callable[[], Sequence[Any]],
+        policy: TrashPolicy,
+        clock: IReactorTime,
+        concurrency: int = 4,
+    ) -> None:
+        super().__init__(concurrency)
+        self._volumes = volumes
+        self._policy = policy
+        self._clock = clock
+        self.trashed = 0  # (block, volume) pairs trashed since start
+        self.skipped = 0  # items refused (too new, unknown mount, mtime changed)
+
+    def set_list(self, items: Sequence[TrashItem]) -> None:
+        # BlobTrash false: Arvados runs no trash worker; the list is accepted and dropped.
+        self._replace(items if self._policy.enabled else ())
 
     async def _one(self, item: TrashItem) -> None:
         if self._policy.too_new(item.block_mtime, self._clock.seconds()):

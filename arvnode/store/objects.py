@@ -779,9 +779,11 @@ class ObjectsMixin:
             lambda cur: trash.purge(cur, now, postgresql=postgresql), write=True)
 
     async def scan_manifests(self, after: str, limit: int,
-                             digest: Callable[[str, str], Any]) -> list[tuple[str, Any]]:
+                             digest: Callable[[str, str], Any], *,
+                             modified_since: float | None = None) -> list[tuple[str, Any]]:
         """``(uuid, digest(uuid, manifest_text))`` of up to ``limit`` collection rows
-        whose uuid sorts after ``after``, in uuid order, for the block balancer.
+        whose uuid sorts after ``after`` (and, with ``modified_since``, that were
+        created or modified at or after it), in uuid order, for the block balancer.
 
         Every row counts, whatever its trash_at/delete_at and whichever
         version it is: a trashed collection can be untrashed, and until the
@@ -790,12 +792,18 @@ class ObjectsMixin:
         its block hashes) and never crosses to the reactor thread; one
         short transaction per batch keeps SQLite's single connection free
         for API requests in between. Paging by uuid (the primary key) is
-        stable across batches; rows written during a scan are covered by
-        the balancer's BlobSigningTTL rule, not by this read.
+        stable across batches, but the batches are not one snapshot: a row
+        saved during the scan behind the cursor is missed, which is what
+        ``modified_since`` (the balancer's catch-up read) is for.
         """
         def run(cur: Any) -> list[tuple[str, Any]]:
-            rows = cur.all("SELECT uuid, manifest_text FROM collections WHERE uuid > ?"
-                           " ORDER BY uuid LIMIT ?", (after, int(limit)))
+            if modified_since is None:
+                rows = cur.all("SELECT uuid, manifest_text FROM collections WHERE uuid > ?"
+                               " ORDER BY uuid LIMIT ?", (after, int(limit)))
+            else:
+                rows = cur.all("SELECT uuid, manifest_text FROM collections WHERE uuid > ?"
+                               " AND modified_at >= ? ORDER BY uuid LIMIT ?",
+                               (after, float(modified_since), int(limit)))
             return [(str(u), digest(str(u), str(m))) for u, m in rows]
 
         return await self._run(run, write=False)  # type: ignore[no-any-return]

@@ -20,16 +20,18 @@ from typing import Any
 
 import yaml
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, DeferredSemaphore, succeed
 from twisted.internet.task import Clock, deferLater
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from arvnode.cli import main as cli_main
 from arvnode.config import config_from_string
+from arvnode.keep import balance
 from arvnode.keep.balance import Balancer, BalanceMetrics, PassResult, manifest_digests
 from arvnode.keep.balance_service import SERVICE_NAME, BalancerService, balancer_role
 from arvnode.keep.manifest import ManifestError
+from arvnode.keep.volumes.upstream import UpstreamKeepstore
 from arvnode.node import build_node
 from arvnode.store import KINDS
 from arvnode.web.metrics import NodeMetrics
@@ -191,6 +193,53 @@ class PassTestsMixin:
         self.assertEqual((result.collections, result.referenced), (7, 7))
         self.assertEqual([h for h, _ in vol.trash_calls], [md5(b"orphan")])
 
+    async def test_block_moved_between_collections_during_the_scan_is_kept(self) -> None:
+        """A client moves an old block from a collection the scan has not reached yet
+        to a new one whose uuid it has passed (save the new, then update the old: what
+        moving files does). Paging by uuid alone sees the block in neither; the
+        catch-up read of rows modified since the pass began keeps it."""
+        await self.setup_store()
+        late = await self.coll(b"moved", uuid="zzzzz-4zz18-zzzzzzzzzzzzzzz")
+        for i in range(3):
+            await self.coll(f"f{i}".encode(), uuid=f"zzzzz-4zz18-mmmmmmmmmmmmmm{i}")
+        store = self.store
+        test = self
+
+        class MoveDuringScan:
+            calls = 0
+
+            async def scan_manifests(self, *a: Any, **kw: Any) -> Any:
+                batch = await store.scan_manifests(*a, **kw)
+                MoveDuringScan.calls += 1
+                if MoveDuringScan.calls == 1:
+                    await test.coll(b"moved", uuid="zzzzz-4zz18-000000000000000")
+                    text = manifest_of(b"f0")
+                    await store.update_object(C, late, {
+                        "manifest_text": text,
+                        "portable_data_hash": f"{md5(text.encode())}+{len(text)}"})
+                return batch
+
+        vol = self.volume(moved=3 * HOUR, f0=3 * HOUR, f1=3 * HOUR, f2=3 * HOUR,
+                          orphan=3 * HOUR)
+        result = await Balancer(MoveDuringScan(), [vol], clock=self.clock,
+                                signing_ttl=2 * HOUR, batch_size=2).run_pass()
+        self.assertEqual(result.aborted, "")
+        self.assertIn(md5(b"moved"), vol.blocks)
+        self.assertEqual([h for h, _ in vol.trash_calls], [md5(b"orphan")])
+
+    async def test_keepstore_trash_lists_are_counted_as_sent_not_trashed(self) -> None:
+        """An upstream keepstore's trash() only says its PUT /trash was accepted
+        (a later list replaces what it has not done yet): the pass reports such
+        blocks as sent, never as trashed."""
+        await self.setup_store()
+        vol = self.volume(old=3 * HOUR)
+        vol.trash_is_queued = True  # type: ignore[attr-defined]
+        self.assertTrue(UpstreamKeepstore.trash_is_queued)
+        result = await self.balancer([vol]).run_pass()
+        self.assertEqual((result.trashed, result.trashed_bytes, result.queued,
+                          result.queued_bytes), (0, 0, 1, 3))
+        self.assertIn("sent 1 (3 bytes)", result.summary())
+
     async def test_unparsable_manifest_trashes_nothing(self) -> None:
         """One stored manifest that does not parse: the pass is aborted, says which
         collection, and trashes nothing at all."""
@@ -261,6 +310,31 @@ class PassTestsMixin:
         result = await d
         self.assertEqual((result.trashed, vol.max_in_flight), (6, 2))
 
+    async def test_trash_queue_is_bounded_within_one_listing(self) -> None:
+        """At most MAX_QUEUED trash calls wait for the semaphore, even when one
+        volume's listing of one prefix holds more candidates than that."""
+        await self.setup_store()
+        names = [n for n in (f"o{i}" for i in range(200)) if md5(n.encode())[0] == "0"][:6]
+        vol = self.volume(**{n: 3 * HOUR for n in names})
+        waiting: list[int] = []
+
+        class Recording(DeferredSemaphore):
+            def acquire(self) -> Any:
+                waiting.append(len(self.waiting))
+                return super().acquire()
+
+        self.patch(balance, "MAX_QUEUED", 2)
+        self.patch(balance, "DeferredSemaphore", Recording)
+        vol.holding = True
+        d = Deferred.fromCoroutine(self.balancer([vol], trash_concurrency=1).run_pass())
+        while not d.called:
+            await _wait(lambda: vol.in_flight == 1 or d.called)
+            vol.release()
+            vol.holding = True
+        result = await d
+        self.assertEqual(result.trashed, 6)
+        self.assertLessEqual(max(waiting), 1)
+
     async def test_failing_index_skips_that_volume_only(self) -> None:
         await self.setup_store()
         good = self.volume(old=3 * HOUR)
@@ -305,6 +379,46 @@ class PassTestsMixin:
         self.clock.advance(600)
         await service.idle()
         self.assertEqual(service.rounds, 2)
+
+    async def test_stopping_the_service_ends_a_scan_in_flight(self) -> None:
+        """A pass may run for BalanceTimeout (hours): stopping the service does not
+        wait for it. A scan in flight is aborted and nothing is trashed."""
+        await self.setup_store()
+        hang: Deferred[Any] = Deferred()
+
+        class Hanging:
+            async def scan_manifests(self, *a: Any, **kw: Any) -> Any:
+                return await hang
+
+        vol = self.volume(old=3 * HOUR)
+        service = BalancerService(
+            Balancer(Hanging(), [vol], clock=self.clock, signing_ttl=2 * HOUR),
+            clock=self.clock, period=600)
+        service.startService()
+        self.clock.advance(600)
+        self.assertEqual(service.rounds, 1)
+        stopped = service.stopService()
+        self.assertTrue(stopped.called)
+        self.assertIn("stopping", service.last.aborted)
+        self.assertEqual(vol.trash_calls, [])
+
+    async def test_stopping_the_service_starts_no_further_trash_call(self) -> None:
+        """Stopped in the trash phase: the calls in flight finish, no other starts."""
+        await self.setup_store()
+        vol = self.volume(**{f"o{i}": 3 * HOUR for i in range(6)})
+        vol.holding = True
+        service = BalancerService(self.balancer([vol], trash_concurrency=2),
+                                  clock=self.clock, period=600)
+        service.startService()
+        self.clock.advance(600)
+        await _wait(lambda: vol.in_flight == 2)
+        stopped = service.stopService()
+        self.assertFalse(stopped.called)  # the two in flight
+        vol.release()
+        await stopped
+        self.assertEqual(len(vol.trash_calls), 2)
+        self.assertEqual(service.last.trashed, 2)
+        self.assertIn("stopping", service.last.stopped)
 
     async def test_service_does_not_overlap_passes(self) -> None:
         await self.setup_store()

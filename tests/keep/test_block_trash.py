@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import random
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,8 @@ from arvnode.keep.trash import (
     parse_trash_list,
 )
 from arvnode.keep.volume import IVolume
-from arvnode.keep.volumes import DirectoryVolume
+from arvnode.keep.volumes import DirectoryVolume, directory
+from arvnode.keep.volumes.directory import BlockWriter
 from arvnode.keep.volumes.s3 import S3Volume
 from arvnode.keep.volumes.s3_params import parse_s3_parameters
 from arvnode.keep.volumes.upstream import UpstreamKeepstore
@@ -243,6 +245,61 @@ class DirectoryTrashTests(TestCase):
         self.assertEqual(await vol.empty_trash(now + HOUR + 5), 1)  # the first one only
         self.assertTrue(await vol.untrash(hash))
         self.assertEqual(os.stat(vol.block_path(hash)).st_mtime_ns, second)
+
+    async def test_put_in_another_process_between_check_and_rename_wins(self) -> None:
+        """``arvnode keep balance`` runs beside the node on the same directory: its
+        trash checks the mtime, the node's PUT of the same block refreshes it and is
+        acknowledged, then the trash renames. A lock held by one process only lets
+        that happen (an acknowledged block in the trash); the subdirectory's flock
+        makes the PUT wait for the trash and then store the block again.
+        Two DirectoryVolume objects on one root stand for the two processes."""
+        cli, node = self.volume(), self.volume()
+        await cli.start()
+        hash, data, mtime = await self.old_block(cli)
+        path = cli.block_path(hash)
+        tmp = f"{path}.tmp-0000000000000001"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        fd = os.open(tmp, os.O_RDWR)
+        writer = BlockWriter(node, hash, len(data), tmp, fd)
+        writer._written = len(data)
+        checked, go = threading.Event(), threading.Event()
+        real_stat = os.stat
+        trash_thread: list[threading.Thread] = []
+
+        def pausing_stat(p: Any, *a: Any, **kw: Any) -> Any:
+            st = real_stat(p, *a, **kw)
+            if p == path and threading.current_thread() in trash_thread:
+                checked.set()
+                go.wait(5)
+            return st
+
+        outcome: dict[str, Any] = {}
+
+        def trash() -> None:
+            outcome["trashed"] = cli._trash_blocking(hash, mtime, self.clock.seconds())
+
+        def commit() -> None:
+            try:
+                writer._commit_blocking()
+                outcome["committed"] = True
+            except Exception as e:
+                outcome["committed"] = e
+
+        self.patch(directory.os, "stat", pausing_stat)
+        t1 = threading.Thread(target=trash)
+        trash_thread.append(t1)
+        t1.start()
+        self.assertTrue(checked.wait(5))
+        t2 = threading.Thread(target=commit)
+        t2.start()
+        t2.join(0.5)  # the PUT runs (or waits for the lock) while the trash is paused
+        go.set()
+        t1.join(5)
+        t2.join(5)
+        self.assertEqual(outcome["committed"], True)
+        self.assertTrue(os.path.exists(path), outcome)
+        self.assertEqual(await read_all(node, hash), data)
 
     async def test_bad_hash_is_refused(self) -> None:
         vol = self.volume()

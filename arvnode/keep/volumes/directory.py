@@ -29,16 +29,19 @@ Why it looks the way it does:
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
+import fcntl
 import math
 import os
 import random
 import re
+import socket
 import stat as statmod
 import threading
-from typing import Callable, Iterable, Sequence, TypeVar
+from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 from twisted.internet.defer import Deferred, fail, gatherResults, succeed
 from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
@@ -172,8 +175,7 @@ class DirectoryVolume:
         self._clock: IReactorTime = clock if clock is not None else reactor  # type: ignore[assignment]
         self.trash_policy = trash_policy if trash_policy is not None else TrashPolicy()
         # Held (on pool threads) around every check-then-rename of a committed
-        # block name: a commit of the same hash and a trash of it never
-        # interleave, so an acknowledged PUT is never trashed half-way.
+        # block name, with the subdirectory's flock (:meth:`_names_locked`).
         self._names_lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -205,6 +207,34 @@ class DirectoryVolume:
         if isinstance(hash, str) and HASH_RE.match(hash):
             return None
         return fail(ValueError(f"not a block hash: {hash!r}"))
+
+    @contextlib.contextmanager
+    def _names_locked(self, subdir: str) -> Iterator[bool]:
+        """Hold while checking then renaming a committed block name in ``subdir``.
+
+        Why: a commit of the same hash ("exists: refresh its mtime") and a
+        trash ("mtime still old: rename") must never interleave, or an
+        acknowledged PUT ends up in the trash. The thread lock covers this
+        process; the flock on the subdirectory covers another process on
+        the same root (``arvnode keep balance`` beside the node). Where the
+        filesystem has no flock for a directory (some NFS), only the thread
+        lock is held. Yields False (nothing to lock: no block there) if
+        ``subdir`` does not exist.
+        """
+        with self._names_lock:
+            fd, present = None, True
+            try:
+                fd = os.open(subdir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except FileNotFoundError:
+                present = False
+            except OSError:
+                pass  # no flock here; the stat or rename that follows reports real errors
+            try:
+                yield present
+            finally:
+                if fd is not None:
+                    os.close(fd)  # releases the flock
 
     def _fsync_dir(self, path: str) -> None:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -521,8 +551,6 @@ class DirectoryVolume:
     @property
     def device_id(self) -> str:
         """What keepstore's ``/mounts`` reports (Arvados: host and path)."""
-        import socket
-
         return f"{socket.gethostname()}:{self.root}"
 
     def trash(self, hash: str, mtime_ns: int | None = None) -> "Deferred[bool]":
@@ -536,7 +564,9 @@ class DirectoryVolume:
     def _trash_blocking(self, hash: str, mtime_ns: int | None, now: float) -> bool:
         path = self.block_path(hash)
         policy = self.trash_policy
-        with self._names_lock:
+        with self._names_locked(os.path.dirname(path)) as present:
+            if not present:
+                return False
             try:
                 st = os.stat(path)
             except FileNotFoundError:
@@ -589,8 +619,8 @@ class DirectoryVolume:
 
     def _untrash_blocking(self, hash: str) -> bool:
         path = self.block_path(hash)
-        with self._names_lock:
-            copies = sorted(self._trashed(hash), reverse=True)
+        with self._names_locked(os.path.dirname(path)) as present:
+            copies = sorted(self._trashed(hash), reverse=True) if present else []
             if not copies:
                 return False
             if self._stat_blocking(path) is not None:
@@ -665,7 +695,9 @@ class DirectoryVolume:
         return self._run(self._touch_blocking, self.block_path(hash))
 
     def _touch_blocking(self, path: str) -> bool:
-        with self._names_lock:
+        with self._names_locked(os.path.dirname(path)) as present:
+            if not present:
+                return False
             try:
                 os.utime(path)
             except FileNotFoundError:
@@ -821,7 +853,7 @@ class BlockWriter:
             self._fd = None
             os.close(fd)
             op, path = "rename", final
-            with self._vol._names_lock:
+            with self._vol._names_locked(os.path.dirname(final)):
                 if self._same_block_exists(final):
                     # Keep the existing copy (its inode may be open by readers)
                     # and refresh its mtime, as keepstore's Touch does.

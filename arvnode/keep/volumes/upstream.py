@@ -70,6 +70,7 @@ from zope.interface import implementer
 
 from arvnode.http.bodies import BoundedBody, read_bounded
 from arvnode.keep.locator import sign_locator
+from arvnode.keep.trash import TrashPolicy
 from arvnode.keep.volume import IBlockReader, IBlockWriter, IVolume, VolumeError, VolumeFull
 
 __all__ = ["UpstreamKeepstore", "UpstreamWriter", "UpstreamReader"]
@@ -436,6 +437,12 @@ class UpstreamKeepstore:
     """
 
     log = Logger()
+    #: ``trash`` answers True once the keepstore accepted a one-entry trash
+    #: list, not once the block is trashed: the keepstore works on it later,
+    #: and a list arriving before it did (another of this balancer's
+    #: concurrent calls, or keep-balance's) replaces it. The balancer counts
+    #: these as sent, not trashed; a block left over is trashed next pass.
+    trash_is_queued = True
 
     def __init__(
         self,
@@ -674,18 +681,15 @@ class UpstreamKeepstore:
         """``PUT /trash`` with this block only, after checking its mtime in
         that keepstore's ``/index`` (the keepstore checks again itself).
 
-        True means the keepstore accepted the request: keepstore trashes
-        asynchronously and answers nothing about the outcome. Note that a
-        trash list *replaces* the keepstore's pending one (Arvados'
-        semantics), so many blocks are best sent as one list by the caller.
+        True means the keepstore accepted the request (see
+        :attr:`trash_is_queued`): keepstore trashes asynchronously and
+        answers nothing about the outcome.
         """
         if self.read_only:
             return succeed(False)
         return Deferred.fromCoroutine(self._trash(hash, mtime_ns))
 
     async def _trash(self, hash: str, mtime_ns: int | None) -> bool:
-        from arvnode.keep.trash import TrashPolicy
-
         policy = TrashPolicy(signing_ttl=self._ttl)
         now = self.clock.seconds()
         entries = [(size, mtime) for h, size, mtime in await self._index(hash) if h == hash]
