@@ -59,10 +59,16 @@ class S3Server:
     """
 
     def __init__(
-        self, users: int = 2, auth: bool = True, tls: dict[str, Any] | None = None
+        self, users: int = 2, auth: bool = True, tls: dict[str, Any] | None = None,
+        role_sessions: int = 0,
     ) -> None:
         """``tls``: the paths from :func:`arvnode.tls.generate_ca_and_server`
-        (``cert``, ``key``, ``ca``) to serve HTTPS with a test CA."""
+        (``cert``, ``key``, ``ca``) to serve HTTPS with a test CA.
+        ``role_sessions``: that many STS sessions of role ``keep-role``
+        (allowed on user 0's buckets), in :attr:`role_credentials`; with
+        auth on, moto checks their session token on every request."""
+        self.role_sessions = role_sessions
+        self.role_credentials: list[dict[str, Any]] = []
         self.auth = auth
         self.tls = tls
         self.port = 0
@@ -135,6 +141,19 @@ class S3Server:
             iam.put_user_policy(UserName=name, PolicyName="s3own", PolicyDocument=_policy(i))
             key = iam.create_access_key(UserName=name)["AccessKey"]
             self.credentials.append((key["AccessKeyId"], key["SecretAccessKey"]))
+        self.role_credentials = []
+        if self.role_sessions:
+            role = iam.create_role(RoleName="keep-role", AssumeRolePolicyDocument=json.dumps({
+                "Version": "2012-10-17",
+                "Statement": [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"},
+                               "Action": "sts:AssumeRole"}],
+            }))["Role"]
+            iam.put_role_policy(RoleName="keep-role", PolicyName="s3own", PolicyDocument=_policy(0))
+            sts = self._boto("sts", ("anything", "anything"))
+            for i in range(self.role_sessions):
+                self.role_credentials.append(sts.assume_role(
+                    RoleArn=role["Arn"], RoleSessionName=f"keep{i}", DurationSeconds=3600 * (i + 1),
+                )["Credentials"])
         req = urllib.request.Request(
             self.endpoint + "/moto-api/reset-auth",
             data=b"0",

@@ -85,6 +85,28 @@ class ExamplesTests(SynchronousTestCase):
         # No keepstore entries: every gateway mounts both buckets itself.
         self.assertEqual(role_on(c, {"10.0.0.10"})[2], sorted(c.volumes))
 
+    def test_scale_out_iam_role_variant(self) -> None:
+        """The commented instance-profile variant, put in place of the
+        keyed volume, loads without warnings as a role volume."""
+        from arvnode.config import config_from_string, startup_problems
+        from arvnode.keep.volumes.s3_params import parse_s3_parameters
+
+        lines = (ETC / "scale-out-postgresql-s3.yml").read_text(encoding="utf-8").splitlines()
+        keyed = next(i for i, line in enumerate(lines)
+                     if line.startswith("      zzzzz-nyw5e-000000000000000:"))
+        start = lines.index("      # zzzzz-nyw5e-000000000000000:")
+        end = start
+        while lines[end].startswith("      # "):
+            end += 1
+        variant = [line.replace("      # ", "      ", 1) for line in lines[start:end]]
+        first_comment = next(i for i in range(keyed, start) if lines[i].startswith("      #"))
+        c = config_from_string("\n".join(lines[:keyed] + variant + lines[end:]) + "\n")
+        self.assertEqual((c.unknown_keys, c.warnings), ((), ()))
+        self.assertEqual(startup_problems(c), [])
+        self.assertLess(first_comment, start)
+        p = parse_s3_parameters(c.volumes["zzzzz-nyw5e-000000000000000"].driver_parameters)
+        self.assertEqual((p.uses_role, p.iam_role, p.bucket), (True, "zzzzz-keepstore-role", "zzzzz-keep"))
+
     def test_federation(self) -> None:
         c = load("federation.yml")
         self.assertEqual(c.login.login_cluster, "yyyyy")

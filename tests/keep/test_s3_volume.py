@@ -209,12 +209,12 @@ class S3ParametersTests(TestCase):
         with self.assertRaises(S3ParameterError) as cm:
             parse_s3_parameters({
                 "SecretAccessKey": 12345, "UsePathStyle": "yes", "Endpoint": "s3.example.com/x",
-                "PrefixLength": 40, "ReadTimeout": "10", "Bukcet": "typo", "IAMRole": "keep",
+                "PrefixLength": 40, "ReadTimeout": "10", "Bukcet": "typo", "IAMRole": "a/b",
                 "V2Signature": True,
             })
         keys = [k for k, _, _ in cm.exception.problems]
         self.assertEqual(sorted(keys), sorted([
-            "Bukcet", "Bucket", "AccessKeyID", "SecretAccessKey", "IAMRole", "V2Signature",
+            "Bukcet", "Bucket", "SecretAccessKey", "IAMRole", "V2Signature",
             "UsePathStyle", "Endpoint", "PrefixLength", "ReadTimeout",
         ]))
         self.assertNotIn("12345", str(cm.exception))
@@ -272,14 +272,16 @@ Clusters:
         self.assertIsInstance(v, S3Volume)
         verifyObject(IVolume, v)
         self.assertEqual((v.replication, v.storage_classes, v.read_only), (2, ("archive",), False))
-        bad = config.volumes[UUID].__class__(driver="S3", driver_parameters={"Bucket": "b1"})
+        bad = config.volumes[UUID].__class__(driver="S3", driver_parameters={
+            "Bucket": "b1", "SecretAccessKey": "x"})
         e = self.assertRaises(ValueError, build_volume, UUID, bad, reactor=reactor, threadpool=None,
                               rng=random.Random(1))
         self.assertIn(f"Volumes.{UUID}.DriverParameters: AccessKeyID", str(e))
 
     def test_config_check(self) -> None:
         """``arvnode config check`` reports bad S3 parameters by path and warns
-        about missing credentials (the volume would not start)."""
+        about a missing half of the static keys (the volume would not start);
+        no keys at all means role credentials, which is fine."""
         text = f"""
 Clusters:
   zzzzz:
@@ -297,8 +299,10 @@ Clusters:
         self.assertEqual(sorted(p.split(":")[0] for p in e.problems),
                          [path + "Endpoint", path + "UsePathStyle"])
         ok = config_from_string(text.replace('UsePathStyle: "yes", Endpoint: "ftp://x"', "Region: r"))
-        self.assertEqual(sorted(w.split(":")[0] for w in ok.warnings),
-                         [path + "AccessKeyID", path + "SecretAccessKey"])
+        self.assertEqual(ok.warnings, ())
+        half = config_from_string(text.replace('UsePathStyle: "yes", Endpoint: "ftp://x"',
+                                               "SecretAccessKey: s3cr3t"))
+        self.assertEqual([w.split(":")[0] for w in half.warnings], [path + "AccessKeyID"])
 
 
 class S3VolumeTests(MotoTestCase):

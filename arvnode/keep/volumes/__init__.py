@@ -111,6 +111,7 @@ def build_volume(
             replication=int(volume_config.replication or 1),
             read_only=bool(volume_config.read_only),
             storage_classes=_storage_classes(volume_config.storage_classes),
+            threadpool=threadpool,
         )
         volume.trash_policy = trash_policy
         return volume

@@ -34,7 +34,7 @@ import calendar
 import random
 import re
 from datetime import datetime
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -91,13 +91,26 @@ class S3Volume:
         backoff_base: float = 0.25,
         backoff_cap: float = 8.0,
         replay_limit: int = DEFAULT_REPLAY_LIMIT,
+        threadpool: Any = None,
+        environ: Mapping[str, str] | None = None,
     ) -> None:
+        """``tls_policy`` defaults to verifying with the system's CAs, or
+        with ``ArvNodeCACertificate``'s alone when given (the parameter wins
+        over ``tls_policy``: it is this bucket's own). ``threadpool`` runs
+        credential loads (the node's io pool); ``environ`` is read for role
+        credentials (default ``os.environ``)."""
         if replication < 1:
             raise ValueError(f"replication must be at least 1, not {replication}")
-        if tls_policy is None:
-            from arvnode.tls import client_policy
+        if params.ca_file or tls_policy is None:
+            from arvnode.tls import TLSConfigError, client_policy
 
-            tls_policy = client_policy(insecure=False)
+            try:
+                tls_policy = client_policy(insecure=False, ca_file=params.ca_file or None)
+            except (TLSConfigError, ValueError) as e:
+                raise ValueError(
+                    f"Volumes.{uuid}.DriverParameters.ArvNodeCACertificate: no usable PEM CA"
+                    f" certificate in {params.ca_file!r} ({e})"
+                ) from None
         self.uuid = uuid
         self.params = params
         self.replication = replication
@@ -116,6 +129,9 @@ class S3Volume:
             max_attempts=max_attempts,
             backoff_base=backoff_base,
             backoff_cap=backoff_cap,
+            threadpool=threadpool,
+            name=uuid,
+            environ=environ,
         )
         self._writers: set[S3BlockWriter] = set()
 
@@ -135,13 +151,16 @@ class S3Volume:
     # -- lifecycle -----------------------------------------------------------------
 
     def start(self) -> "Deferred[None]":
-        """Nothing to prepare: a bucket that is down now may be up later, and
-        the node should serve its other volumes meanwhile."""
+        """Nothing to prepare: a bucket (or a metadata service) that is down
+        now may be up later, and the node should serve its other volumes
+        meanwhile; role credentials are loaded by the first request."""
         self.log.info(
-            "volume {uuid}: S3 bucket {bucket} at {endpoint} ({style}, prefix {prefix!r})",
+            "volume {uuid}: S3 bucket {bucket} at {endpoint} ({style}, prefix {prefix!r},"
+            " credentials: {source}{ca})",
             uuid=self.uuid, bucket=self.params.bucket, endpoint=self.params.endpoint,
             style="path style" if self.params.use_path_style else "virtual-host style",
-            prefix=self.params.prefix,
+            prefix=self.params.prefix, source=self.client.credentials.source,
+            ca=f", CA {self.params.ca_file}" if self.params.ca_file else "",
         )
         return succeed(None)
 

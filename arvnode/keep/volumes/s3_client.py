@@ -12,6 +12,9 @@ Why this shape (spec/s3-notes.md):
 * **Retries with backoff and jitter** (injected clock and rng) on 5xx and
   network failures of requests that can be repeated. Uploads are retried by
   their writer, which alone knows whether it still has the bytes.
+* **Credentials per request.** :class:`~.s3_credentials.S3Credentials`
+  hands out the keys to sign with: static ones at once, role credentials
+  once loaded (or refreshed) in a thread; a request waits only then.
 * **Nothing secret in messages.** Errors name the operation, the key, the
   status and S3's ``<Code>``; never a header, a signature or a credential.
 """
@@ -28,7 +31,7 @@ from attrs import define
 from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.config import Config
-from botocore.credentials import Credentials
+from botocore.credentials import ReadOnlyCredentials
 from twisted.internet import error as neterror
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError as DeferredTimeout
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
@@ -45,6 +48,7 @@ from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer, IPolicyForHTT
 from zope.interface import implementer
 
 from arvnode.keep.volume import VolumeError
+from arvnode.keep.volumes.s3_credentials import S3Credentials
 from arvnode.keep.volumes.s3_params import S3Parameters
 
 __all__ = ["S3Client", "S3Error", "S3Stats", "read_small", "content_md5"]
@@ -68,6 +72,8 @@ ERROR_BODY_LIMIT = 64 * 1024
 #: Bytes asked of the socket per read on the connections that carry GET
 #: bodies (Twisted's default is 64 KiB); see :class:`LargeReadEndpoints`.
 READ_SIZE = 1 << 20
+#: S3's answers (400) about a session token: a refusal like a 403.
+_TOKEN_CODES = frozenset({"InvalidToken", "ExpiredToken", "TokenRefreshRequired"})
 _UNSIGNED = Config(s3={"payload_signing_enabled": False})
 _USER_AGENT = b"arvnode-s3"
 
@@ -265,7 +271,7 @@ def status_error(what: str, status: int, body: bytes) -> S3Error:
     detail = f"{status} {code}" if code else str(status)
     if message:
         detail += f" ({message[:200]})"
-    if status in (401, 403):
+    if status in (401, 403) or code in _TOKEN_CODES:
         text = f"{what}: the bucket refused the request: {detail}"
     elif status in RETRY_STATUSES:
         text = f"{what}: the bucket failed: {detail}"
@@ -367,7 +373,13 @@ class S3Client:
         backoff_base: float = 0.25,
         backoff_cap: float = 8.0,
         pool_size: int = 8,
+        threadpool: Any = None,
+        name: str | None = None,
+        environ: Mapping[str, str] | None = None,
     ) -> None:
+        """``threadpool`` (default: the reactor's) runs credential loads;
+        ``name`` (the volume) is what credential errors name; ``environ``
+        (default ``os.environ``) is read for role credentials."""
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
         self.params = params
@@ -377,7 +389,11 @@ class S3Client:
         self._rng = rng
         self._backoff_base = backoff_base
         self._backoff_cap = backoff_cap
-        self._credentials = Credentials(params.access_key, params.secret_key)
+        self.credentials = S3Credentials(
+            params, name=name or params.bucket, reactor=reactor, clock=clock, environ=environ,
+            threadpool=(threadpool if threadpool is not None or not params.uses_role
+                        else reactor.getThreadPool()),
+        )
         self._pool = HTTPConnectionPool(reactor, persistent=True)
         self._pool.maxPersistentPerHost = pool_size
         self._pool.cachedConnectionTimeout = 30  # below usual server idle timeouts
@@ -420,18 +436,30 @@ class S3Client:
             )
         return url, host
 
-    def sign(self, method: str, url: str, host: str, headers: Mapping[str, str]) -> Headers:
-        """Twisted headers for one attempt, ``Authorization`` included.
+    def sign(
+        self, method: str, url: str, host: str, headers: Mapping[str, str],
+        credentials: ReadOnlyCredentials | None = None,
+    ) -> Headers:
+        """Twisted headers for one attempt, ``Authorization`` included
+        (``X-Amz-Security-Token`` too when the credentials carry a session
+        token: botocore signs it in).
 
-        ``Content-Length`` is signed when given but left out of the result:
-        Agent writes its own from the body producer (a second copy would be
-        sent otherwise).
+        ``credentials`` default to the static keys (only those are known
+        without waiting). ``Content-Length`` is signed when given but left
+        out of the result: Agent writes its own from the body producer (a
+        second copy would be sent otherwise).
         """
+        if credentials is None:
+            d = self.credentials.current()
+            if not d.called:
+                d.cancel()
+                raise ValueError("role credentials are not loaded yet: pass credentials")
+            credentials = d.result
         h = dict(headers)
         h["Host"] = host
         req = AWSRequest(method=method, url=url, headers=h)
         req.context["client_config"] = _UNSIGNED  # => UNSIGNED-PAYLOAD
-        S3SigV4Auth(self._credentials, "s3", self.params.region).add_auth(req)
+        S3SigV4Auth(credentials, "s3", self.params.region).add_auth(req)
         out = Headers()
         for name, value in req.headers.items():
             if name.lower() == "content-length":
@@ -455,10 +483,16 @@ class S3Client:
         """One attempt. ``timeout`` (default ReadTimeout) bounds the wait for
         the response headers; uploads pass ``0`` and watch progress themselves."""
         url, host = self.url(key, query)
-        signed = self.sign(method, url, host, headers or {})
         agent = self._put_agent if method == "PUT" else self._agent
-        self.stats.requests += 1
-        d = agent.request(method.encode("ascii"), url.encode("ascii"), signed, body)
+
+        def signed_request(credentials: ReadOnlyCredentials) -> "Deferred[IResponse]":
+            # Signed only now: X-Amz-Date and the credentials of this moment.
+            signed = self.sign(method, url, host, headers or {}, credentials)
+            self.stats.requests += 1
+            return agent.request(method.encode("ascii"), url.encode("ascii"), signed, body)
+
+        # Static keys: fires at once; role credentials: maybe after a load.
+        d = self.credentials.current().addCallback(signed_request)
         limit = self.params.read_timeout if timeout is None else timeout
         if limit:
             with_timeout(d, limit, self.clock)

@@ -4,12 +4,23 @@ Why a module of its own: the config loader (``arvnode config check``) and
 the volume factory must agree on what a valid S3 volume is, and the loader
 should not need botocore to find out. Keys follow
 Arvados' S3 driver so an existing ``config.yml`` carries over; ``Prefix`` is
-arvnode's own (several clusters or tests sharing one bucket).
+arvnode's own (several clusters or tests sharing one bucket), and so is
+``ArvNodeCACertificate`` (a private CA for this bucket's endpoint only:
+Arvados has no such key and trusts the system's CAs).
+
+Credentials, as in Arvados: ``AccessKeyID`` and ``SecretAccessKey`` both
+given are static keys (``IAMRole`` is then ignored, as Arvados ignores it);
+both left empty mean temporary role credentials, from the instance
+metadata service for the role named by ``IAMRole``, or, with no
+``IAMRole``, from the first of the environment, the container credentials
+endpoint and the instance metadata service that has some
+(:mod:`~arvnode.keep.volumes.s3_credentials`).
 
 Secrets are kept out of ``repr`` and out of every problem message.
 """
 from __future__ import annotations
 
+import re
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
@@ -37,12 +48,15 @@ SUPPORTED_KEYS = frozenset(
         "ReadTimeout",
         "IAMRole",
         "V2Signature",
+        "ArvNodeCACertificate",
     }
 )
 
 DEFAULT_REGION = "us-east-1"
 #: How a problem says a required key is absent.
 MISSING = ("nothing", "an empty string")
+#: IAM's role-name alphabet (it also keeps the name a single URL path segment).
+_ROLE_NAME = re.compile(r"^[A-Za-z0-9+=,.@_-]{1,64}$")
 
 
 @frozen
@@ -63,6 +77,17 @@ class S3Parameters:
     index_page_size: int = 1000
     connect_timeout: float = 60.0
     read_timeout: float = 600.0
+    #: Arvados' IAMRole: the instance profile role to take credentials of
+    #: ("" with no keys: whatever the default chain finds).
+    iam_role: str = ""
+    #: arvnode's ArvNodeCACertificate: PEM file of the CA(s) trusted for
+    #: this endpoint instead of the system's ("" = the system's).
+    ca_file: str = ""
+
+    @property
+    def uses_role(self) -> bool:
+        """No static keys: temporary credentials are fetched (and refreshed)."""
+        return not self.access_key
 
     def key(self, hash: str) -> str:
         """The object key of block ``hash``."""
@@ -157,13 +182,17 @@ def parse_s3_parameters(params: Mapping[str, Any] | None) -> S3Parameters:
     if bucket and (len(bucket) > 255 or any(c in bucket for c in "/ \t\r\n?#")):
         bad("Bucket", _show(bucket), "a bucket name (no '/', spaces, '?' or '#')")
     region = text("Region", DEFAULT_REGION)
-    access = text("AccessKeyID", "", required="the access key id of this bucket's credentials",
-                  secret=True)
-    secret = text("SecretAccessKey", "", required="the secret key of this bucket's credentials",
-                  secret=True)
-    if p.get("IAMRole") not in (None, ""):
-        bad("IAMRole", "a role", "no IAMRole: instance credentials are not supported;"
-            " give AccessKeyID and SecretAccessKey")
+    access = text("AccessKeyID", "", secret=True)
+    secret = text("SecretAccessKey", "", secret=True)
+    if bool(access) != bool(secret):
+        # One without the other is a typo, not a request for role credentials.
+        key, other = ("SecretAccessKey", "AccessKeyID") if access else ("AccessKeyID", "SecretAccessKey")
+        bad(key, "nothing" if p.get(key) is None else "an empty string",
+            f"a value, since {other} is given (or leave both empty to use IAM role credentials)")
+    role = text("IAMRole", "")
+    if role and not _ROLE_NAME.match(role):
+        bad("IAMRole", _show(role), "an IAM role name (letters, digits and +=,.@_-, up to 64)")
+    ca_file = text("ArvNodeCACertificate", "")
     if p.get("V2Signature") not in (None, False):
         bad("V2Signature", _show(p.get("V2Signature")), "false: only SigV4 signing is supported")
     use_path_style = boolean("UsePathStyle", False)
@@ -171,6 +200,8 @@ def parse_s3_parameters(params: Mapping[str, Any] | None) -> S3Parameters:
     if prefix.startswith("/"):
         bad("Prefix", _show(prefix), "a key prefix that does not start with '/'")
     endpoint = _endpoint(text("Endpoint", ""), region, bad)
+    if ca_file and endpoint.startswith("http://"):
+        bad("ArvNodeCACertificate", _show(ca_file), "no CA file: the Endpoint is http://, not https://")
 
     result = S3Parameters(
         bucket=bucket,
@@ -184,6 +215,8 @@ def parse_s3_parameters(params: Mapping[str, Any] | None) -> S3Parameters:
         index_page_size=integer("IndexPageSize", 1000, 1, 1000),
         connect_timeout=duration("ConnectTimeout", 60.0),
         read_timeout=duration("ReadTimeout", 600.0),
+        iam_role=role,
+        ca_file=ca_file,
     )
     if problems:
         raise S3ParameterError(problems)
