@@ -149,6 +149,17 @@ def _oidc_provider(node: Any, config: Config, reactor: Any) -> Any:
     return OIDCProvider(settings, client, reactor)
 
 
+def _access_tokens(provider: Any, config: Config, store: Any, reactor: Any) -> Any:
+    """The provider's access tokens as API tokens (``AcceptAccessToken``), or None."""
+    if provider is None or not provider.settings.accept_access_token:
+        return None
+    from arvnode.auth.access_tokens import AccessTokens
+
+    return AccessTokens(provider=provider, store=store, clock=reactor,
+                        system_root_token=config.system_root_token, users_config=config.users,
+                        scope=provider.settings.accept_access_token_scope)
+
+
 class Node(OrderedMultiService):
     """The top service of one arvnode process."""
 
@@ -404,6 +415,7 @@ def build_node(
 
     authenticator = Authenticator(
         store, reactor, cache_ttl=config.arvnode.token_cache_ttl, remote=remote_tokens,
+        access_tokens=_access_tokens(oidc_provider, config, store, reactor),
     )
     node.authenticator = authenticator
 

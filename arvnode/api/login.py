@@ -58,11 +58,12 @@ from twisted.web.server import NOT_DONE_YET
 from arvnode import ids
 from arvnode.api import params as P
 from arvnode.api.login_oidc import OIDCLogin
+from arvnode.auth.local_users import find_or_create_user
 from arvnode.auth.salting import salt_token
 from arvnode.auth.tokens import token_from_request
 from arvnode.http.resource import HTTPError
 from arvnode.remote.client import RemoteError, RemoteHTTPError
-from arvnode.store.errors import Conflict
+from arvnode.store.errors import StoreUnavailable
 from arvnode.store.kinds import KINDS
 
 __all__ = ["LoginHandler", "return_to_problem"]
@@ -270,33 +271,11 @@ class LoginHandler:
 
     async def _user_for(self, username: str, email: str, first_name: str | None = None,
                         last_name: str = "") -> Any:
-        store = self.deps.store
-        c = self.deps.cluster_id
-        # Only ordinary local users: never the system or anonymous user, never
-        # a copy of another cluster's user, whatever the config says.
-        special = {ids.system_user_uuid(c), ids.anonymous_user_uuid(c)}
-        for _attempt in range(3):
-            users = [u for u in await store.list_users()
-                     if u.uuid[:5] == c and u.uuid not in special]
-            for user in users:
-                if email and user.email == email:
-                    return user
-            for user in users:
-                if not email and user.username == username:
-                    return user
-            users_conf = self.deps.config.users
-            active = bool(users_conf.new_users_are_active or users_conf.auto_setup_new_users)
-            taken = {u.username for u in await store.list_users()}
-            name = username if username not in taken else None
-            try:
-                user = await store.create_user(
-                    email=email, username=name, is_active=active,
-                    first_name=username if first_name is None else first_name, last_name=last_name)
-            except Conflict:
-                continue  # a concurrent first login created it: find it again
-            self.log.info("login: created user {uuid} for {name}", uuid=user.uuid, name=username)
-            return user
-        raise HTTPError(503, "could not create the user record; try again")
+        try:
+            return await find_or_create_user(self.deps.store, self.deps.config.users, username,
+                                             email, first_name, last_name)
+        except StoreUnavailable as e:
+            raise HTTPError(503, str(e)) from e
 
     async def _issue(self, user: Any) -> str:
         lifetime = float(self.deps.config.login.token_lifetime)

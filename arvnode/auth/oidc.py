@@ -299,6 +299,37 @@ class OIDCProvider:
             raise IDTokenInvalid("the ID token's nonce is not this login's")
         return claims
 
+    # -- access tokens (Login.OpenIDConnect.AcceptAccessToken) -----------------------
+
+    async def userinfo(self, access_token: str) -> dict[str, Any]:
+        """The claims the provider's ``userinfo_endpoint`` gives for an access token.
+
+        The provider is the judge of its own access tokens: 400/401/403 mean
+        it does not accept this one (:class:`ProviderRefused`); no endpoint,
+        another status or no JSON object mean it cannot be asked
+        (:class:`ProviderUnreachable`). The token goes only in the
+        ``Authorization`` header, never in a URL or a message.
+        """
+        meta = await self.metadata()
+        endpoint = meta.get("userinfo_endpoint")
+        if not isinstance(endpoint, str) or "://" not in endpoint:
+            raise ProviderUnreachable(
+                f"OpenID Connect provider {self.issuer}: its metadata has no userinfo_endpoint, "
+                "so access tokens cannot be checked (Login.OpenIDConnect.AcceptAccessToken)")
+        headers = Headers({b"Accept": [b"application/json"],
+                           b"Authorization": [b"Bearer " + access_token.encode("utf-8", "replace")]})
+        status, doc = await self._call("GET", endpoint, headers)
+        if status in (400, 401, 403):
+            detail = ""
+            if isinstance(doc, dict):
+                detail = ": ".join(_text(doc[k]) for k in ("error", "error_description") if doc.get(k))
+            raise ProviderRefused(f"the OpenID Connect provider does not accept the access token "
+                                  f"({status}{': ' + detail if detail else ''})")
+        if status != 200:
+            raise ProviderUnreachable(f"OpenID Connect provider {self.issuer} answered {status} "
+                                      f"to GET {urlsplit(endpoint).path or '/'}")
+        return doc  # type: ignore[no-any-return]
+
     def identity(self, claims: Mapping[str, Any]) -> tuple[str, str, str, str]:
         """(email, username, first name, last name) from verified claims.
 

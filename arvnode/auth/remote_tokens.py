@@ -44,10 +44,10 @@ from attrs import define, field
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from arvnode import ids
 from arvnode.auth.identity import Identity
+from arvnode.auth.singleflight import SingleFlight
 from arvnode.remote.client import RemoteClient, RemoteHTTPError, RemoteUnreachable
 from arvnode.store.errors import Conflict, NotFound
 from arvnode.store.records import UserRecord
@@ -159,7 +159,7 @@ class RemoteTokens:
         self._size = max(1, cache_size)
         self._timeout = timeout
         self._cache: OrderedDict[bytes, CachedToken] = OrderedDict()
-        self._flights: dict[bytes, list[Deferred[Identity | None]]] = {}
+        self._flight: SingleFlight[Identity | None] = SingleFlight()
         # Bumped by drop(): a validation in flight across a drop must not
         # put its answer back (the admin asked for a fresh check).
         self._generation = 0
@@ -211,22 +211,7 @@ class RemoteTokens:
 
     def _shared(self, key: bytes, token: str, issuer: str) -> Deferred[Identity | None]:
         """Join the validation in flight for this token, or start one."""
-        waiter: Deferred[Identity | None] = Deferred()
-        waiters = self._flights.get(key)
-        if waiters is not None:
-            waiters.append(waiter)
-            return waiter
-        self._flights[key] = [waiter]
-
-        def deliver(result: Any) -> None:
-            for w in self._flights.pop(key, []):
-                if isinstance(result, Failure):
-                    w.errback(result)
-                else:
-                    w.callback(result)
-
-        Deferred.fromCoroutine(self._validate(key, token, issuer)).addBoth(deliver)
-        return waiter
+        return self._flight.run(key, lambda: self._validate(key, token, issuer))
 
     async def revalidate(self, entry: CachedToken) -> Identity | None:
         """Re-ask the issuer about a cached token now (the refresh timer)."""

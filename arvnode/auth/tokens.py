@@ -113,11 +113,16 @@ class Authenticator:
         cache_ttl: float = 2.0,
         cache_size: int = 10000,
         remote: Any = None,
+        access_tokens: Any = None,
     ) -> None:
         # ``remote``: an arvnode.auth.remote_tokens.RemoteTokens, which
         # answers for v2 tokens issued by other clusters (and, with a
         # LoginCluster, for non-v2 tokens unknown here). None: local only.
         self.remote = remote
+        # ``access_tokens``: an arvnode.auth.access_tokens.AccessTokens when
+        # Login.OpenIDConnect.AcceptAccessToken is on: a token unknown here
+        # may be the provider's access token. None: not accepted.
+        self.access_tokens = access_tokens
         self._store = store
         self._clock = clock
         self._ttl = cache_ttl
@@ -136,6 +141,12 @@ class Authenticator:
         :class:`arvnode.remote.client.RemoteUnreachable` errors from
         validating another cluster's token (502/503, never a silent 401).
 
+        With ``access_tokens`` (``Login.OpenIDConnect.AcceptAccessToken``),
+        a token unknown here may be the OpenID Connect provider's access
+        token: :mod:`arvnode.auth.access_tokens` asks the provider, and
+        raises its ``ProviderDown`` (a RemoteUnreachable naming the issuer)
+        when the provider cannot answer.
+
         ``remote``: the ``remote=<cluster id>`` query parameter that Arvados
         honours on ``users/current``, ``api_client_authorizations/current``
         and ``groups`` (GET only; the caller decides): a token of ours
@@ -150,6 +161,14 @@ class Authenticator:
         if self.remote is not None and self.remote.issuer_of(token) is not None:
             return await self.remote.authenticate(token)  # type: ignore[no-any-return]
         identity = await self._local(token)
+        if identity is None and self.access_tokens is not None and self.access_tokens.eligible(token):
+            # Arvados' AcceptAccessToken: ask the OpenID Connect provider
+            # (ProviderDown, a RemoteUnreachable, if it cannot answer).
+            generation = self._generation
+            identity = await self.access_tokens.authenticate(token)
+            if identity is not None:
+                self._remember(_cache_key(token), identity, generation)
+            return identity  # type: ignore[no-any-return]
         if (
             identity is None
             and self.remote is not None
@@ -220,15 +239,18 @@ class Authenticator:
             scopes=record.scopes,
             expires_at=record.expires_at,
         )
-        now = self._clock.seconds()
-        if _expired(identity, now):
+        if _expired(identity, self._clock.seconds()):
             return None
+        self._remember(key, identity, generation)
+        return identity
+
+    def _remember(self, key: bytes, identity: Identity, generation: int) -> None:
+        """Cache a positive answer, unless a forget() happened while it was looked up."""
         if generation == self._generation and self._size:
-            self._cache[key] = _Entry(identity, now)
+            self._cache[key] = _Entry(identity, self._clock.seconds())
             self._cache.move_to_end(key)
             while len(self._cache) > self._size:
                 self._cache.popitem(last=False)
-        return identity
 
     def forget(self, token_uuid: str | None = None, user_uuid: str | None = None) -> int:
         """Evict cached answers for a token, for all of a user's tokens, or (no arguments) all.

@@ -239,10 +239,6 @@ def _openid_connect(r: _Reader, sec: _Section, issuer: str = "") -> OpenIDConnec
             r.warn(apath, "arvnode does not ask Google's People API: only the ID token's email is used")
         return OpenIDConnectConfig(enable=enable, issuer=issuer, client_id=client_id,
                                    client_secret=secret, authentication_request_parameters=params)
-    accept = r.boolean(sec, "AcceptAccessToken", False)
-    if accept and enable:
-        r.warn(sec.path + ("AcceptAccessToken",),
-               "arvnode does not accept the provider's access tokens as API tokens; ignored")
     return OpenIDConnectConfig(
         enable=enable,
         issuer=issuer,
@@ -251,7 +247,7 @@ def _openid_connect(r: _Reader, sec: _Section, issuer: str = "") -> OpenIDConnec
         email_claim=r.text(sec, "EmailClaim", "email") or "email",
         email_verified_claim=r.text(sec, "EmailVerifiedClaim", "email_verified"),
         username_claim=r.text(sec, "UsernameClaim"),
-        accept_access_token=accept,
+        accept_access_token=r.boolean(sec, "AcceptAccessToken", False),
         accept_access_token_scope=r.text(sec, "AcceptAccessTokenScope"),
         authentication_request_parameters=params,
     )
@@ -401,6 +397,9 @@ def _volumes(r: _Reader, cluster: _Section) -> dict[str, VolumeConfig]:
                     r.warn(params.path + (key,), f"missing: {expected}; the volume cannot start")
                 else:
                     r.bad(params.path + (key,), got, expected)
+            if params.data.get("IAMRole") and params.data.get("AccessKeyID"):
+                r.warn(params.path + ("IAMRole",),
+                       "ignored: AccessKeyID and SecretAccessKey are given (static keys win, as in Arvados)")
         classes: list[str] = []
         for name, enabled, cpath in r.entries(sec, "StorageClasses", "a mapping of class name to true"):
             if not isinstance(enabled, bool):

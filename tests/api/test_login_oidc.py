@@ -1,14 +1,11 @@
 """``/login`` with ``Login.OpenIDConnect``: the browser's round trip through a provider.
 
 A real OpenID provider (Keycloak, Google ...) cannot run here, so these
-tests run a small one of their own (:class:`FakeProvider`): twisted.web on
-a loopback port, plain http (which the config allows only for loopback),
-serving ``/.well-known/openid-configuration``, ``/authorize`` (which
-"logs the user in" at once and sends the browser back with a code),
-``/token`` (checks the client's credentials and the code, answers an
-RS256-signed ID token made with ``cryptography`` + PyJWT) and ``/jwks``.
-Each test can make the provider misbehave (unverified email, another
-audience, another signing key, an expired token, an error at /token).
+tests run a small one of their own (:class:`tests.oidc_provider.FakeProvider`,
+shared with the access-token tests): twisted.web on a loopback port,
+serving discovery, ``/authorize``, ``/token`` (RS256-signed ID tokens) and
+``/jwks``. Each test can make the provider misbehave (unverified email,
+another audience, another signing key, an expired token, an error at /token).
 
 The node is real (in-process, HTTPS on loopback) and the "browser" is a
 plain HTTP client that follows each redirect by hand, so every hop is
@@ -18,136 +15,24 @@ from __future__ import annotations
 
 import base64
 import json
-import secrets
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlencode, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
-import jwt
 import yaml
-from cryptography.hazmat.primitives.asymmetric import rsa
-from twisted.internet import reactor
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
-from twisted.web.resource import Resource
-from twisted.web.server import Site
 
 from arvnode import ids
 from arvnode.auth.oidc import StateInvalid, sign_state, state_key, verify_state
 from arvnode.config import ConfigError, config_from_string, mask_secrets
 from tests.api.base import ApiTestCase
 from tests.helpers import http_client, make_cluster_config, start_node
+from tests.oidc_provider import (
+    CLIENT_ID, CLIENT_SECRET, TRUSTED, FakeProvider, new_key, oidc_config,
+)
 from tests.test_docs import CLUSTER, base_config
-
-TRUSTED = "https://wb.example.com"
-CLIENT_ID = "arvnode-test"
-CLIENT_SECRET = "s3cr3t-Client+Secret/x"
-
-
-def _new_key() -> Any:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-class FakeProvider(Resource):
-    """A minimal OpenID provider on 127.0.0.1 (see the module docstring)."""
-
-    isLeaf = True
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.key = _new_key()
-        self.kid = "k1"
-        self.port: Any = None
-        self.codes: dict[str, dict[str, Any]] = {}
-        self.authorize_requests: list[dict[str, str]] = []
-        self.token_requests: list[dict[str, Any]] = []
-        self.auth_methods = ["client_secret_basic", "client_secret_post"]
-        # What the next login's ID token says, and how it is made.
-        self.email = "carol@example.org"
-        self.claims: dict[str, Any] = {}
-        self.sign_key: Any = None  # None: self.key
-        self.token_error: tuple[int, dict[str, str]] | None = None
-
-    @property
-    def issuer(self) -> str:
-        return f"http://127.0.0.1:{self.port.getHost().port}"
-
-    def start(self, testcase: Any) -> FakeProvider:
-        self.port = reactor.listenTCP(0, Site(self), interface="127.0.0.1")
-        testcase.addCleanup(self.port.stopListening)
-        return self
-
-    def _json(self, request: Any, status: int, doc: Any) -> bytes:
-        request.setResponseCode(status)
-        request.setHeader(b"Content-Type", b"application/json")
-        return json.dumps(doc).encode()
-
-    def render_GET(self, request: Any) -> bytes:
-        path = request.path.decode()
-        args = {k.decode(): v[0].decode() for k, v in request.args.items()}
-        if path == "/.well-known/openid-configuration":
-            return self._json(request, 200, {
-                "issuer": self.issuer,
-                "authorization_endpoint": self.issuer + "/authorize",
-                "token_endpoint": self.issuer + "/token",
-                "jwks_uri": self.issuer + "/jwks",
-                "id_token_signing_alg_values_supported": ["RS256"],
-                "token_endpoint_auth_methods_supported": self.auth_methods,
-            })
-        if path == "/jwks":
-            jwk = jwt.algorithms.RSAAlgorithm.to_jwk(self.key.public_key(), as_dict=True)
-            jwk.update(kid=self.kid, use="sig", alg="RS256")
-            return self._json(request, 200, {"keys": [jwk]})
-        if path == "/authorize":
-            self.authorize_requests.append(args)
-            code = secrets.token_urlsafe(18)
-            self.codes[code] = args
-            target = args["redirect_uri"] + "?" + urlencode({"code": code, "state": args["state"]})
-            request.setResponseCode(302)
-            request.setHeader(b"Location", target.encode())
-            return b""
-        request.setResponseCode(404)
-        return b"not found"
-
-    def render_POST(self, request: Any) -> bytes:
-        if request.path != b"/token":
-            request.setResponseCode(404)
-            return b""
-        form = {k.decode(): v[0].decode() for k, v in request.args.items()}
-        auth = request.getHeader(b"authorization")
-        self.token_requests.append({"form": form, "authorization": auth})
-        if auth:
-            cid, _, secret = base64.b64decode(auth.split(b" ", 1)[1]).decode().partition(":")
-            cid, secret = unquote(cid), unquote(secret)
-        else:
-            cid, secret = form.get("client_id", ""), form.get("client_secret", "")
-        if (cid, secret) != (CLIENT_ID, CLIENT_SECRET):
-            return self._json(request, 401, {"error": "invalid_client"})
-        if self.token_error is not None:
-            return self._json(request, *self.token_error)
-        grant = self.codes.pop(form.get("code", ""), None)
-        if grant is None or grant["redirect_uri"] != form.get("redirect_uri"):
-            return self._json(request, 400, {"error": "invalid_grant",
-                                             "error_description": "Code not valid"})
-        now = int(time.time())
-        claims = {"iss": self.issuer, "aud": CLIENT_ID, "sub": "user-1", "iat": now,
-                  "exp": now + 300, "nonce": grant["nonce"], "email": self.email,
-                  "email_verified": True, "name": "Carol Ann Smith"}
-        claims.update(self.claims)
-        id_token = jwt.encode(claims, self.sign_key or self.key, algorithm="RS256",
-                              headers={"kid": self.kid})
-        return self._json(request, 200, {"access_token": "at-" + secrets.token_urlsafe(15),
-                                         "token_type": "Bearer", "id_token": id_token})
-
-
-def oidc_config(issuer: str, **more: Any) -> dict[str, Any]:
-    conf = {"Enable": True, "Issuer": issuer, "ClientID": CLIENT_ID,
-            "ClientSecret": CLIENT_SECRET,
-            "AuthenticationRequestParameters": {"prompt": "select_account"}}
-    conf.update(more)
-    return {"Login.OpenIDConnect": conf, "Login.TrustedClients": {TRUSTED + "/": {}},
-            "Users.NewUsersAreActive": True}
 
 
 class Browser:
@@ -255,7 +140,7 @@ class OIDCLoginTests(ApiTestCase):
         """A token signed with a key the cached JWKS lacks: the JWKS is fetched again."""
         await self.start()
         await self.log_in()
-        self.provider.key, self.provider.kid = _new_key(), "k2"
+        self.provider.key, self.provider.kid = new_key(), "k2"
         token = await self.log_in()
         await self.ok("GET", "users/current", token=token)
 
@@ -279,7 +164,7 @@ class OIDCLoginTests(ApiTestCase):
         self.provider.claims = {"nonce": "another-login"}
         await self.refused(401, "nonce")
         self.provider.claims = {}
-        self.provider.sign_key = _new_key()  # same kid, another key
+        self.provider.sign_key = new_key()  # same kid, another key
         await self.refused(401, "signature does not verify")
 
     async def test_tampered_state_refused(self) -> None:
