@@ -2,7 +2,8 @@
 
 Why a command besides the "balancer" service: an operator who just deleted
 a lot wants the space back now, or wants to see first what a pass would
-trash (``--dry-run``). It works on the node's database and volumes
+trash (``--dry-run``; it also lists the referenced blocks found only in
+trash that a pass untrashes). It works on the node's database and volumes
 directly, like the other admin commands: the volumes are built exactly as
 the node builds them (:func:`arvnode.node.build_volumes`) but not started
 (a directory volume's start removes unfinished uploads, which would break
@@ -69,7 +70,12 @@ def run_balance(args: argparse.Namespace) -> int:
                 if args.dry_run:
                     print(f"would trash {hash}+{size} on {volume.uuid} (mtime {_when(mtime_ns)})")
 
-            result = await balancer.run_pass(dry_run=args.dry_run, report=report)
+            def report_untrash(volume: Any, hash: str) -> None:
+                verb = "would untrash" if args.dry_run else "untrashed"
+                print(f"{verb} {hash} on {volume.uuid} (referenced, found only in trash)")
+
+            result = await balancer.run_pass(dry_run=args.dry_run, report=report,
+                                             report_untrash=report_untrash)
         finally:
             await DeferredList([maybeDeferred(v.stop) for v in volumes])
             pools.stopService()
@@ -96,6 +102,15 @@ def run_balance(args: argparse.Namespace) -> int:
                       " they trash them on their own)")
             print(f"  refused by volume:   {result.refused}")
             print(f"  failed:              {result.failed}")
+        verb = "would untrash" if args.dry_run else "untrashed"
+        print(f"referenced blocks found only in trash, {verb}: {result.untrashed}")
+        if result.untrash_failed:
+            print(f"  untrash failed:      {result.untrash_failed}", file=sys.stderr)
+        if result.not_found:
+            print(f"referenced blocks on none of these volumes, live or trashed:"
+                  f" {result.not_found}", file=sys.stderr)
+        if result.trash_index_errors:
+            print(f"trash listings failed: {result.trash_index_errors}", file=sys.stderr)
         if result.index_errors:
             print(f"volume indexes failed: {result.index_errors}", file=sys.stderr)
         if result.stopped:

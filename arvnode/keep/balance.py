@@ -29,6 +29,17 @@ One pass:
    a time (and at most ``MAX_QUEUED`` queued before the pass waits for
    them). The volume re-checks the mtime, so a block written again
    since the index was read stays.
+4. **Repair**, per prefix once every volume's index of it was read: a
+   referenced hash live on none of the listed volumes is looked up in the
+   ``trashed_index`` of each volume offering it (directory and S3; not
+   upstream keepstores) and untrashed there. Such a block is in trash
+   although referenced: an S3 PUT that landed between a trash's last
+   mtime check and its DELETE (S3 has no lock), or a collection saved from
+   locators signed before an older one was deleted. Without this it
+   would be deleted for good after ``BlobTrashLifetime``. Memory: no
+   second set of every hash; the scan counts the referenced hashes per
+   prefix, and only a prefix whose live referenced hashes (a sixteenth of
+   the set, at most) are fewer than that count is looked up in trash.
 
 Safety, since losing a referenced block is the worst possible bug:
 
@@ -43,7 +54,9 @@ Safety, since losing a referenced block is the worst possible bug:
   covered while that collection's row exists (trashed ones included),
   and a row saved during the scan by the catch-up read; the volume's
   ``BlobTrashLifetime`` is the last line of defence.
-* ``BlobTrash: false`` or a dry run: counts only, nothing trashed.
+* ``BlobTrash: false`` or a dry run: counts only, nothing trashed. The
+  repair untrashes under ``BlobTrash: false`` too (it only ever keeps);
+  a dry run reports what it would untrash.
 * The empty block is never trashed (it is implicit everywhere).
 * Once the scan is complete each trash call is safe on its own: a volume
   whose index fails is skipped for the pass, and past ``BalanceTimeout``
@@ -73,6 +86,7 @@ __all__ = ["BalanceAborted", "BalanceMetrics", "Balancer", "PassResult", "manife
            "trashable_volumes"]
 
 PREFIXES = tuple("0123456789abcdef")
+EMPTY_DIGEST = bytes.fromhex(EMPTY_BLOCK_HASH)
 DEFAULT_BATCH = 200  # collection rows per database round trip
 MAX_QUEUED = 10_000  # trash calls queued (waiting for the semaphore) before the pass waits
 #: The catch-up scan reads rows modified since (pass start - this), seconds.
@@ -89,7 +103,8 @@ class PassResult:
 
     started_at: float = 0.0
     finished_at: float = 0.0
-    dry_run: bool = False
+    dry_run: bool = False    # nothing trashed (a dry run, or BlobTrash false)
+    repair_dry_run: bool = False  # nothing untrashed (a dry run only)
     aborted: str = ""        # why the pass trashed nothing ("" when it completed)
     collections: int = 0     # collection rows scanned
     rescanned: int = 0       # rows read again by the catch-up scan (modified during the pass)
@@ -106,6 +121,10 @@ class PassResult:
     refused: int = 0         # trash() said no (touched since the index, or BlobTrash off there)
     failed: int = 0          # trash() raised or timed out
     index_errors: int = 0    # volumes skipped because their index failed
+    untrashed: int = 0       # replicas of referenced blocks restored from trash (dry run: would be)
+    untrash_failed: int = 0  # untrash() raised or timed out
+    trash_index_errors: int = 0  # trashed_index() calls that failed
+    not_found: int = 0       # referenced hashes live nowhere listed and in no volume's trash
     stopped: str = ""        # why the trash phase ended early (BalanceTimeout), if it did
     volumes: list[str] = field(factory=list)
 
@@ -127,8 +146,24 @@ class PassResult:
                 f"{self.seen - self.unreferenced} referenced, {self.unreferenced} unreferenced, "
                 f"{self.too_new} too new; {verb} {done}"
                 + ("" if self.dry_run else f", {self.refused} refused, {self.failed} failed")
+                + self._repair_summary()
                 + (f"; {self.index_errors} volume index(es) failed" if self.index_errors else "")
                 + (f"; stopped early: {self.stopped}" if self.stopped else ""))
+
+
+    def _repair_summary(self) -> str:
+        out = ""
+        if self.untrashed:
+            verb = "would untrash" if self.repair_dry_run else "untrashed"
+            out += f"; {verb} {self.untrashed} referenced block(s) found only in trash"
+        if self.untrash_failed:
+            out += f"; {self.untrash_failed} untrash call(s) failed"
+        if self.trash_index_errors:
+            out += f"; {self.trash_index_errors} trash listing(s) failed"
+        if self.not_found:
+            out += (f"; {self.not_found} referenced block(s) on none of these volumes,"
+                    " live or trashed")
+        return out
 
 
 def manifest_digests(uuid: str, manifest_text: str) -> frozenset[bytes]:
@@ -142,6 +177,10 @@ def manifest_digests(uuid: str, manifest_text: str) -> frozenset[bytes]:
         return frozenset(bytes.fromhex(loc.hash) for loc in locators(manifest_text))
     except ManifestError as e:
         raise ManifestError(e.line, f"collection {uuid}: {e.reason}") from None
+
+
+def _has_trashed_index(volume: Any) -> bool:
+    return callable(getattr(volume, "trashed_index", None))
 
 
 def trashable_volumes(volumes: Iterable[Any]) -> list[Any]:
@@ -168,6 +207,8 @@ class BalanceMetrics:
         "arvnode_balance_trash_refused": ("refused", "Trash calls the volume refused"
                                           " (block touched since it was listed)."),
         "arvnode_balance_trash_failed": ("failed", "Trash calls that failed."),
+        "arvnode_balance_blocks_untrashed": ("untrashed", "Replicas of referenced blocks"
+                                             " found only in trash and untrashed."),
     }
 
     def __init__(self, registry: Any) -> None:
@@ -229,6 +270,8 @@ class Balancer:
         self.last: PassResult | None = None
         self._stopping = False
         self._waiting: Deferred[Any] | None = None  # what the pass awaits in _within
+        # run_pass's report_untrash, for this pass (passes never overlap).
+        self._report_untrash: Callable[[Any, str], None] | None = None
 
     def stop(self) -> None:
         """The node is stopping: end a pass in flight soon (a scan aborts, no
@@ -245,17 +288,22 @@ class Balancer:
     async def run_pass(
         self, *, dry_run: bool = False,
         report: Callable[[Any, str, int, int], None] | None = None,
+        report_untrash: Callable[[Any, str], None] | None = None,
     ) -> PassResult:
         """One pass now. ``report(volume, hash, size, mtime_ns)`` is called for every
-        replica trashed (dry run: that would be trashed). Never raises for a
-        failed scan: ``aborted`` in the result says why nothing was trashed."""
+        replica trashed (dry run: that would be trashed), ``report_untrash(volume,
+        hash)`` for every referenced replica untrashed (dry run: that would be).
+        Never raises for a failed scan: ``aborted`` in the result says why nothing
+        was trashed."""
         now = self._clock.seconds()
         deadline = now + self.timeout
-        result = PassResult(started_at=now, dry_run=dry_run or not self.blob_trash)
+        result = PassResult(started_at=now, dry_run=dry_run or not self.blob_trash,
+                            repair_dry_run=dry_run)
+        self._report_untrash = report_untrash
         volumes = trashable_volumes(self._volumes)
         result.volumes = [v.uuid for v in volumes]
         try:
-            referenced = await self._referenced(result, deadline)
+            referenced, per_prefix = await self._referenced(result, deadline)
         except BalanceAborted as e:
             result.aborted = str(e)
         except Exception as e:  # anything unexpected: same rule, trash nothing
@@ -263,7 +311,7 @@ class Balancer:
             self.log.failure("balance: collection scan failed")
         else:
             try:
-                await self._sweep(result, referenced, volumes, deadline,
+                await self._sweep(result, referenced, per_prefix, volumes, deadline,
                                   now - self.signing_ttl, report)
             except Exception:
                 result.stopped = result.stopped or "unexpected error (logged)"
@@ -305,7 +353,8 @@ class Balancer:
         finally:
             self._waiting = None
 
-    async def _referenced(self, result: PassResult, deadline: float) -> set[bytes]:
+    async def _referenced(self, result: PassResult,
+                          deadline: float) -> tuple[set[bytes], list[int]]:
         """The digests every collection row references: a scan of the whole
         table by uuid, then a catch-up read of the rows modified since the
         pass began.
@@ -319,18 +368,23 @@ class Balancer:
         ``CATCH_UP_MARGIN`` covers a request that took its timestamp just
         before the pass began and committed after, and clock skew between
         nodes sharing a PostgreSQL database.
+
+        Also how many distinct referenced hashes each prefix (``0``..``f``)
+        has: the repair step compares that with the live ones it lists.
         """
         referenced: set[bytes] = set()
-        result.collections = await self._scan(referenced, deadline, None)
+        per_prefix = [0] * len(PREFIXES)
+        result.collections = await self._scan(referenced, per_prefix, deadline, None)
         result.rescanned = await self._scan(
-            referenced, deadline, result.started_at - CATCH_UP_MARGIN)
+            referenced, per_prefix, deadline, result.started_at - CATCH_UP_MARGIN)
         result.referenced = len(referenced)
-        return referenced
+        return referenced, per_prefix
 
-    async def _scan(self, referenced: set[bytes], deadline: float,
+    async def _scan(self, referenced: set[bytes], per_prefix: list[int], deadline: float,
                     modified_since: float | None) -> int:
         """Add the digests of the rows (modified since ``modified_since``, if given)
-        to ``referenced``, a batch at a time; the number of rows read."""
+        to ``referenced`` and count the new ones by prefix in ``per_prefix``, a
+        batch at a time; the number of rows read."""
         kw = {} if modified_since is None else {"modified_since": modified_since}
         what = "the collection scan" if modified_since is None else "the catch-up scan"
         rows = 0
@@ -341,16 +395,19 @@ class Balancer:
                     self._store.scan_manifests(after, self.batch_size, manifest_digests, **kw)),
                 deadline, what)
             for _uuid, digests in batch:
+                for digest in digests - referenced:
+                    per_prefix[digest[0] >> 4] += 1
                 referenced.update(digests)
             rows += len(batch)
             if len(batch) < self.batch_size:
                 return rows
             after = batch[-1][0]
 
-    async def _sweep(self, result: PassResult, referenced: set[bytes], volumes: Sequence[Any],
-                     deadline: float, cutoff: float,
+    async def _sweep(self, result: PassResult, referenced: set[bytes], per_prefix: list[int],
+                     volumes: Sequence[Any], deadline: float, cutoff: float,
                      report: Callable[[Any, str, int, int], None] | None) -> None:
-        """Indexes, prefix by prefix; trash (or count) the old unreferenced replicas.
+        """Indexes, prefix by prefix; trash (or count) the old unreferenced replicas,
+        then repair the prefix (:meth:`_repair`).
 
         The scan is complete here, so every trash call is safe on its own: a
         volume whose index fails is skipped for the rest of the pass, and
@@ -360,7 +417,20 @@ class Balancer:
         semaphore = DeferredSemaphore(self.trash_concurrency)
         broken: set[str] = set()
         work: list[Deferred[None]] = []
-        for prefix in PREFIXES:
+
+        async def queue(call: Callable[..., Any], *args: Any) -> None:
+            nonlocal work
+            work.append(semaphore.run(lambda *a: Deferred.fromCoroutine(call(*a)), *args))
+            if len(work) >= MAX_QUEUED:  # bound what waits for the semaphore
+                await gatherResults(work)
+                work = []
+
+        for p, prefix in enumerate(PREFIXES):
+            # The referenced hashes of this prefix seen live (a sixteenth of
+            # ``referenced`` at most); the empty block needs no copy.
+            live: set[bytes] = set()
+            if prefix == EMPTY_BLOCK_HASH[0] and EMPTY_DIGEST in referenced:
+                live.add(EMPTY_DIGEST)
             for volume in volumes:
                 if volume.uuid in broken:
                     continue
@@ -378,23 +448,96 @@ class Balancer:
                                   volume=volume.uuid, why=str(e))
                     continue
                 for hash, size, mtime_ns in entries:
-                    if not _candidate(result, referenced, cutoff_ns, hash, size, mtime_ns):
+                    result.seen += 1
+                    digest = bytes.fromhex(hash)
+                    if digest in referenced:
+                        live.add(digest)
+                        continue
+                    if not _candidate(result, cutoff_ns, hash, size, mtime_ns):
                         continue
                     if result.dry_run:
                         if report is not None:
                             report(volume, hash, size, mtime_ns)
                         continue
-                    work.append(semaphore.run(
-                        lambda *a: Deferred.fromCoroutine(self._trash_one(*a)),
-                        result, volume, hash, size, mtime_ns, deadline, report))
-                    if len(work) >= MAX_QUEUED:  # bound what waits for the semaphore
-                        await gatherResults(work)
-                        work = []
+                    await queue(self._trash_one, result, volume, hash, size, mtime_ns,
+                                deadline, report)
             if result.stopped:
                 break
+            if len(live) < per_prefix[p]:
+                await self._repair(result, referenced, live, per_prefix[p], prefix, volumes,
+                                   deadline, queue)
+                if result.stopped:
+                    break
         await gatherResults(work)
         if result.stopped:
             self.log.warn("balance pass stopped early: {why}", why=result.stopped)
+
+    async def _repair(self, result: PassResult, referenced: set[bytes], live: set[bytes],
+                      wanted: int, prefix: str, volumes: Sequence[Any], deadline: float,
+                      queue: Callable[..., Any]) -> None:
+        """Untrash the referenced hashes of ``prefix`` that are not ``live`` from
+        every volume whose ``trashed_index`` has them. Only called when some
+        are missing (``len(live) < wanted``), so a pass over a healthy cluster
+        lists no trash at all."""
+        restored: set[bytes] = set()
+        for volume in volumes:
+            if not _has_trashed_index(volume):
+                continue  # an upstream keepstore: its trash cannot be listed
+            try:
+                hashes = await self._within(
+                    Deferred.fromCoroutine(_trashed_index(volume, prefix)), deadline,
+                    f"the trash listing of volume {volume.uuid}")
+            except BalanceAborted as e:
+                if self._stopping or self._clock.seconds() >= deadline:
+                    result.stopped = str(e)
+                    return
+                result.trash_index_errors += 1
+                self.log.warn("balance: cannot list the trash of volume {volume}: {why}",
+                              volume=volume.uuid, why=str(e))
+                continue
+            for hash in hashes:
+                digest = bytes.fromhex(hash)
+                if digest not in referenced or digest in live:
+                    continue
+                restored.add(digest)
+                if result.repair_dry_run:
+                    result.untrashed += 1
+                    self.log.warn("balance: would untrash {hash} on {volume}: referenced,"
+                                  " live on no volume, found in trash",
+                                  hash=hash, volume=volume.uuid)
+                    if self._report_untrash is not None:
+                        self._report_untrash(volume, hash)
+                    continue
+                await queue(self._untrash_one, result, volume, hash, deadline)
+        result.not_found += wanted - len(live) - len(restored)
+
+    async def _untrash_one(self, result: PassResult, volume: Any, hash: str,
+                           deadline: float) -> None:
+        left = deadline - self._clock.seconds()
+        if self._stopping:
+            result.stopped = "the node is stopping"
+            return
+        if left <= 0:
+            result.stopped = f"BalanceTimeout ({self.timeout:g}s) passed during the trash phase"
+            return
+        d = volume.untrash(hash)
+        d.addTimeout(left, self._clock)
+        try:
+            done = await d
+        except Exception as e:
+            result.untrash_failed += 1
+            self.log.warn("balance: untrash {hash} on {volume} failed: {error}",
+                          hash=hash, volume=volume.uuid, error=f"{type(e).__name__}: {e}")
+            return
+        if not done:  # emptied meanwhile (its lifetime ended): nothing to restore
+            self.log.warn("balance: {hash} on {volume} was referenced but its trashed copy"
+                          " is gone", hash=hash, volume=volume.uuid)
+            return
+        result.untrashed += 1
+        self.log.warn("balance: untrashed {hash} on {volume}: referenced, live on no volume,"
+                      " found in trash", hash=hash, volume=volume.uuid)
+        if self._report_untrash is not None:
+            self._report_untrash(volume, hash)
 
     async def _trash_one(self, result: PassResult, volume: Any, hash: str, size: int,
                          mtime_ns: int, deadline: float,
@@ -430,13 +573,10 @@ class Balancer:
             report(volume, hash, size, mtime_ns)
 
 
-def _candidate(result: PassResult, referenced: set[bytes], cutoff_ns: int,
+def _candidate(result: PassResult, cutoff_ns: int,
                hash: str, size: int, mtime_ns: int) -> bool:
-    """Count one listed replica in ``result``: is it unreferenced, not the
-    empty block, and older than the cutoff (pass start - BlobSigningTTL)?"""
-    result.seen += 1
-    if bytes.fromhex(hash) in referenced:
-        return False
+    """Count one listed replica that no collection references in ``result``: is
+    it not the empty block, and older than the cutoff (pass start - BlobSigningTTL)?"""
     result.unreferenced += 1
     if hash == EMPTY_BLOCK_HASH or mtime_ns > cutoff_ns:
         result.too_new += 1
@@ -448,3 +588,7 @@ def _candidate(result: PassResult, referenced: set[bytes], cutoff_ns: int,
 
 async def _index(volume: Any, prefix: str) -> list[tuple[str, int, int]]:
     return list(await volume.index(prefix))
+
+
+async def _trashed_index(volume: Any, prefix: str) -> list[str]:
+    return list(await volume.trashed_index(prefix))

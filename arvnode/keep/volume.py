@@ -130,3 +130,20 @@ class IVolume(Interface):
 
     def touch(hash: str) -> "Deferred[bool]":
         """Set the block's mtime to now; False if it is absent."""
+
+
+class ITrashedIndex(Interface):
+    """The trashed blocks of a volume, for the balancer's repair step.
+
+    Why a separate interface: a block can sit in trash while a collection
+    references it (a PUT that raced an S3 trash, or a collection saved from
+    locators signed before an older one was deleted); the balancer finds
+    such blocks here and untrashes them. Directory and S3 volumes offer it;
+    an upstream keepstore cannot (keepstore's API lists no trash), and the
+    balancer skips volumes without it.
+    """
+
+    def trashed_index(prefix: str) -> "Deferred[Sequence[str]]":
+        """The hashes starting with ``prefix`` that have at least one
+        trashed copy on this volume (whether or not a live copy exists),
+        sorted, each once."""

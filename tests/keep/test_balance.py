@@ -23,6 +23,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredSemaphore, succeed
 from twisted.internet.task import Clock, deferLater
 from twisted.internet.utils import getProcessOutputAndValue
+from twisted.logger import Logger, LogLevel, formatEvent
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from arvnode.cli import main as cli_main
@@ -31,6 +32,10 @@ from arvnode.keep import balance
 from arvnode.keep.balance import Balancer, BalanceMetrics, PassResult, manifest_digests
 from arvnode.keep.balance_service import SERVICE_NAME, BalancerService, balancer_role
 from arvnode.keep.manifest import ManifestError
+from arvnode.keep.trash import TrashPolicy
+from arvnode.keep.volumes import s3trash
+from arvnode.keep.volumes.s3 import S3Volume
+from arvnode.keep.volumes.s3_params import parse_s3_parameters
 from arvnode.keep.volumes.upstream import UpstreamKeepstore
 from arvnode.node import build_node
 from arvnode.store import KINDS
@@ -38,6 +43,8 @@ from arvnode.web.metrics import NodeMetrics
 from tests import pgfixture
 from tests.api.base import ApiTestCase
 from tests.helpers import make_cluster_config, subprocess_env
+from tests.keep.test_block_trash import ShiftedClock
+from tests.keep.test_s3_volume import MotoTestCase
 from tests.store.helpers import PostgreSQLEngine, SQLiteEngine
 
 C = KINDS["collections"]
@@ -108,6 +115,56 @@ class RecordingVolume:
 
     def stop(self) -> Deferred[None]:
         return succeed(None)
+
+
+class TrashListingVolume(RecordingVolume):
+    """A RecordingVolume with a trash: ``trashed`` (hash -> size) is what
+    ``trashed_index`` lists (each call's prefix recorded) and ``untrash``
+    makes live again."""
+
+    def __init__(self, uuid: str, blocks: dict[str, tuple[int, int]],
+                 trashed: dict[str, int]) -> None:
+        super().__init__(uuid, blocks)
+        self.trashed = dict(trashed)
+        self.trashed_index_calls: list[str] = []
+        self.untrash_calls: list[str] = []
+        self.untrash_error: Exception | None = None
+
+    def trashed_index(self, prefix: str) -> Deferred[list[str]]:
+        self.trashed_index_calls.append(prefix)
+        return succeed(sorted(h for h in self.trashed if h.startswith(prefix)))
+
+    def untrash(self, hash: str) -> Deferred[bool]:
+        return Deferred.fromCoroutine(self._untrash(hash))
+
+    async def _untrash(self, hash: str) -> bool:
+        self.untrash_calls.append(hash)
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if self.holding:
+                waiter: Deferred[None] = Deferred()
+                self._waiters.append(waiter)
+                await waiter
+        finally:
+            self.in_flight -= 1
+        if self.untrash_error is not None:
+            raise self.untrash_error
+        if hash not in self.trashed:
+            return False
+        self.blocks[hash] = (self.trashed.pop(hash), time.time_ns())
+        return True
+
+
+def names_with_distinct_prefixes(count: int) -> list[str]:
+    """``count`` block contents whose md5s start with different hex digits."""
+    out: dict[str, str] = {}
+    for i in range(1000):
+        name = f"n{i}"
+        out.setdefault(md5(name.encode())[0], name)
+        if len(out) == count:
+            return list(out.values())
+    raise AssertionError("not enough names")
 
 
 # -- the pass, against the real store ------------------------------------------------------
@@ -344,6 +401,111 @@ class PassTestsMixin:
         self.assertEqual((result.index_errors, result.trashed), (1, 1))
         self.assertEqual(bad.trash_calls, [])
 
+    # -- repair: referenced blocks found only in trash ---------------------------------------
+
+    def trash_volume(self, live: dict[str, float], trashed: list[str],
+                     uuid: str = "zzzzz-nyw5e-000000000000001") -> TrashListingVolume:
+        now = self.clock.seconds()
+        return TrashListingVolume(
+            uuid, {md5(n.encode()): (len(n), int((now - age) * 1e9)) for n, age in live.items()},
+            {md5(n.encode()): len(n) for n in trashed})
+
+    async def test_referenced_block_only_in_trash_is_untrashed(self) -> None:
+        """A referenced block live on no volume but in one's trash is untrashed there
+        (a WARNING names hash and volume, /metrics counts it); an unreferenced trashed
+        block stays in trash; the trash of a prefix whose referenced blocks are all
+        live is never listed; a volume without trashed_index (an upstream keepstore)
+        is not asked."""
+        await self.setup_store()
+        lost, kept, orphan = names_with_distinct_prefixes(3)
+        await self.coll(lost.encode(), kept.encode())
+        vol = self.trash_volume({kept: 3 * HOUR}, [lost, orphan, kept])
+        upstream = RecordingVolume("zzzzz-nyw5e-000000000000002", {})
+        events: list[dict[str, Any]] = []
+        registry = NodeMetrics().registry
+        b = self.balancer([vol, upstream], metrics=BalanceMetrics(registry))
+        b.log = Logger(observer=events.append)
+        result = await b.run_pass()
+        self.assertEqual(result.aborted, "")
+        self.assertEqual(vol.untrash_calls, [md5(lost.encode())])
+        self.assertIn(md5(lost.encode()), vol.blocks)
+        self.assertEqual(sorted(vol.trashed), sorted([md5(orphan.encode()), md5(kept.encode())]))
+        self.assertEqual(vol.trashed_index_calls, [md5(lost.encode())[0]])
+        self.assertEqual((result.untrashed, result.not_found, result.untrash_failed), (1, 0, 0))
+        self.assertIn("untrashed 1 referenced block(s) found only in trash", result.summary())
+        self.assertEqual(registry.get_sample_value("arvnode_balance_blocks_untrashed"), 1)
+        warnings = [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn]
+        self.assertEqual(len(warnings), 1, warnings)
+        self.assertIn(md5(lost.encode()), warnings[0])
+        self.assertIn(vol.uuid, warnings[0])
+        # Healthy now: the next pass lists no trash at all.
+        vol.trashed_index_calls.clear()
+        result = await b.run_pass()
+        self.assertEqual((result.untrashed, vol.trashed_index_calls), (0, []))
+
+    async def test_untrash_on_every_volume_whose_trash_has_it(self) -> None:
+        """Two volumes with a trashed copy: both are untrashed (replicas)."""
+        await self.setup_store()
+        await self.coll(b"lost")
+        a = self.trash_volume({}, ["lost"])
+        b = self.trash_volume({}, ["lost"], uuid="zzzzz-nyw5e-000000000000002")
+        result = await self.balancer([a, b]).run_pass()
+        self.assertEqual((a.untrash_calls, b.untrash_calls), ([md5(b"lost")], [md5(b"lost")]))
+        self.assertEqual(result.untrashed, 2)
+
+    async def test_dry_run_reports_untrash_and_changes_nothing(self) -> None:
+        """--dry-run: "would untrash", no untrash call; BlobTrash false (which
+        trashes nothing) still untrashes: the repair only ever keeps."""
+        await self.setup_store()
+        await self.coll(b"lost")
+        vol = self.trash_volume({}, ["lost"])
+        seen: list[tuple[str, str]] = []
+        result = await self.balancer([vol]).run_pass(
+            dry_run=True, report_untrash=lambda v, h: seen.append((v.uuid, h)))
+        self.assertEqual((result.untrashed, vol.untrash_calls), (1, []))
+        self.assertEqual(seen, [(vol.uuid, md5(b"lost"))])
+        self.assertIn("would untrash 1", result.summary())
+        self.assertIn(md5(b"lost"), vol.trashed)
+        result = await self.balancer([vol], blob_trash=False).run_pass()
+        self.assertEqual((result.untrashed, vol.untrash_calls), (1, [md5(b"lost")]))
+
+    async def test_aborted_scan_untrashes_nothing_and_failures_are_counted(self) -> None:
+        """No repair without a complete scan (it could not know what is missing);
+        an untrash that fails is counted and logged, the pass goes on; a referenced
+        block found nowhere is counted as not found."""
+        await self.setup_store()
+        await self.coll(b"lost", b"gone")
+        bad = await self.coll(b"other")
+        vol = self.trash_volume({}, ["lost"])
+        await self.store._run(lambda cur: cur.execute(
+            "UPDATE collections SET manifest_text = ? WHERE uuid = ?", ("garbage", bad)),
+            write=True)
+        result = await self.balancer([vol]).run_pass()
+        self.assertIn(bad, result.aborted)
+        self.assertEqual((vol.trashed_index_calls, vol.untrash_calls), ([], []))
+        await self.store._run(lambda cur: cur.execute(
+            "DELETE FROM collections WHERE uuid = ?", (bad,)), write=True)
+        vol.untrash_error = OSError("disk gone")
+        result = await self.balancer([vol]).run_pass()
+        self.assertEqual((result.untrashed, result.untrash_failed), (0, 1))
+        self.assertEqual(result.not_found, 1)  # "gone": neither live nor in trash
+        self.assertIn("1 untrash call(s) failed", result.summary())
+
+    async def test_untrash_concurrency_is_bounded(self) -> None:
+        """Untrash calls share BlobTrashConcurrency with the trash calls."""
+        await self.setup_store()
+        names = [f"l{i}" for i in range(6)]
+        await self.coll(*(n.encode() for n in names))
+        vol = self.trash_volume({}, names)
+        vol.holding = True
+        d = Deferred.fromCoroutine(self.balancer([vol], trash_concurrency=2).run_pass())
+        await _wait(lambda: vol.in_flight == 2)
+        await deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(vol.max_in_flight, 2)
+        vol.release()
+        result = await d
+        self.assertEqual((result.untrashed, vol.max_in_flight), (6, 2))
+
     async def test_read_only_and_trashless_volumes_are_left_alone(self) -> None:
         await self.setup_store()
         ro = self.volume(old=3 * HOUR)
@@ -521,6 +683,46 @@ class NodeTestsMixin:
         self.assertIn(f"arvnode_balance_trashed_bytes {float(len(b'old orphan'))}", text)
         self.assertIn("arvnode_balance_blocks_too_new 1.0", text)
 
+    async def test_referenced_block_in_trash_is_untrashed_by_the_next_pass(self) -> None:
+        """A client holds a locator (signed before the block was trashed) and saves a
+        collection with it: the block is referenced but in trash. GET answers 404
+        (reads do not untrash); ``arvnode keep balance --dry-run`` says it would
+        untrash it and changes nothing; the next pass untrashes it, and the keepproxy
+        serves the same bytes. An unreferenced trashed block stays in trash."""
+        await self.setup_node()
+        data = b"held locator data"
+        held = await self.put(data, age=3 * HOUR)
+        orphan = await self.put(b"old orphan", age=3 * HOUR)
+        result = await self.node.node.balancer.run_pass()
+        self.assertEqual((result.trashed, result.untrashed), (2, 0))
+        self.assertEqual(await self.get_code(held), 404)
+        await self.save((held, data))  # the locator is still validly signed
+        code, _ = await self.keep_get(held, self.root)  # type: ignore[attr-defined]
+        self.assertEqual(code, 404)
+        r = await self.client.request(  # type: ignore[attr-defined]
+            "HEAD", f"{self.node.keepproxy_url}/{held}",
+            headers={"Authorization": [f"Bearer {self.root}"]})  # type: ignore[attr-defined]
+        self.assertEqual(r.code, 404)
+
+        path = Path(self.mktemp() + ".yml")  # type: ignore[attr-defined]
+        path.write_text(yaml.safe_dump(self.node.config_dict))
+        out, err, code = await getProcessOutputAndValue(
+            sys.executable, ["-m", "arvnode.cli", "keep", "balance", "--config", str(path),
+                             "--dry-run"], env=subprocess_env())
+        text = out.decode() + err.decode()
+        self.assertEqual(code, 0, text)
+        self.assertIn(f"would untrash {held[:32]} on {self.volume.uuid}", text)
+        self.assertIn("referenced blocks found only in trash, would untrash: 1", text)
+        self.assertNotIn(orphan[:32], text)
+        self.assertEqual(await self.get_code(held), 404)
+
+        result = await self.node.node.balancer.run_pass()
+        self.assertEqual((result.untrashed, result.trashed, result.not_found), (1, 0, 0))
+        self.assertEqual(await self.keep_get(held, self.root),  # type: ignore[attr-defined]
+                         (200, data))
+        self.assertEqual(await self.get_code(orphan), 404)
+        self.assertEqual(list(await self.volume.trashed_index("")), [orphan[:32]])
+
     async def test_scan_error_trashes_nothing(self) -> None:
         await self.setup_node()
         old = await self.put(b"old orphan", age=3 * HOUR)
@@ -572,6 +774,89 @@ class PostgreSQLNodeTests(NodeTestsMixin, ApiTestCase):
     postgresql = True
     # On PostgreSQL the balancer runs only where Services.Keepbalance says.
     extra = {**NodeTestsMixin.extra,
+             "Services.Keepbalance": {"InternalURLs": {"http://127.0.0.1:9005/": {}}}}
+
+
+S3_UUID = "zzzzz-nyw5e-s3balance000000"
+
+
+class S3NodeTestsMixin:
+    """A node whose one volume is a moto bucket (tests/keep/test_s3_volume.MotoTestCase)."""
+
+    extra = {"Collections.BlobSigningTTL": "2h"}
+
+    async def setup_s3_node(self) -> None:
+        self.bucket_name = self.bucket()  # type: ignore[attr-defined]
+        self.s3_params = self.params(self.bucket_name)  # type: ignore[attr-defined]
+        await self.startNode(Volumes={S3_UUID: {  # type: ignore[attr-defined]
+            "Driver": "S3", "DriverParameters": self.s3_params, "Replication": 1}})
+        self.volume = self.node.node.getServiceNamed("volumes").volumes[0]  # type: ignore
+        self.assertEqual(self.volume.uuid, S3_UUID)  # type: ignore[attr-defined]
+
+    def later_view(self) -> S3Volume:
+        """The same bucket seen 3 h from now (S3 mtimes are the bucket's real clock,
+        so this is how a block gets older than BlobSigningTTL without waiting)."""
+        v = S3Volume(S3_UUID, parse_s3_parameters(self.s3_params), reactor=reactor,
+                     clock=ShiftedClock(3 * HOUR), backoff_base=0.01)
+        v.trash_policy = TrashPolicy(lifetime=336 * HOUR, signing_ttl=2 * HOUR)
+        self.addCleanup(v.stop)  # type: ignore[attr-defined]
+        return v
+
+    async def test_put_racing_an_s3_trash_is_restored_by_the_next_pass(self) -> None:
+        """The S3 race: trash checked the mtime for the last time, then a client PUTs
+        the same block (the writer finds it stored and refreshes its mtime) and is
+        answered 200, then the DELETE lands: only trash/ holds the block. GET/HEAD
+        answer 404 (reads do not untrash); a dry run reports it and changes nothing;
+        the next pass untrashes it and the keepproxy serves the same bytes. An
+        unreferenced trashed block stays in trash."""
+        await self.setup_s3_node()
+        data = b"racing block " * 100
+        hash = md5(data)
+        await self.keep_put(data, self.root)  # type: ignore[attr-defined]
+        orphan_hash = md5(b"unreferenced trashed")
+        self.moto.put(self.bucket_name, f"trash/{orphan_hash}",  # type: ignore[attr-defined]
+                      b"unreferenced trashed")
+        view = self.later_view()
+        ((listed_hash, _, mtime),) = await view.index("")
+        self.assertEqual(listed_hash, hash)
+        acknowledged: list[str] = []
+
+        async def client_puts_again() -> None:
+            acknowledged.append(await self.keep_put(data, self.root))  # type: ignore
+
+        self.assertTrue(await Deferred.fromCoroutine(
+            s3trash.trash(view, hash, mtime, before_delete=client_puts_again)))
+        (locator,) = acknowledged
+        self.assertEqual(sorted(self.moto.keys(self.bucket_name)),  # type: ignore[attr-defined]
+                         sorted([f"trash/{hash}", f"trash/{orphan_hash}"]))
+        await self.ok("POST", "collections", token=self.root,  # type: ignore[attr-defined]
+                      body={"collection": {"manifest_text": f". {locator} 0:{len(data)}:f\n"}})
+        self.assertEqual((await self.keep_get(locator, self.root))[0], 404)  # type: ignore
+        r = await self.client.request(  # type: ignore[attr-defined]
+            "HEAD", f"{self.node.keepproxy_url}/{locator}",  # type: ignore[attr-defined]
+            headers={"Authorization": [f"Bearer {self.root}"]})  # type: ignore[attr-defined]
+        self.assertEqual(r.code, 404)
+
+        balancer = self.node.node.balancer  # type: ignore[attr-defined]
+        result = await balancer.run_pass(dry_run=True)
+        self.assertEqual((result.untrashed, result.not_found), (1, 0))
+        self.assertEqual(sorted(self.moto.keys(self.bucket_name)),  # type: ignore[attr-defined]
+                         sorted([f"trash/{hash}", f"trash/{orphan_hash}"]))
+
+        result = await balancer.run_pass()
+        self.assertEqual((result.untrashed, result.trashed, result.not_found), (1, 0, 0))
+        self.assertEqual(await self.keep_get(locator, self.root), (200, data))  # type: ignore
+        self.assertEqual(sorted(self.moto.keys(self.bucket_name)),  # type: ignore[attr-defined]
+                         sorted([hash, f"trash/{orphan_hash}"]))
+
+
+class SQLiteS3NodeTests(S3NodeTestsMixin, ApiTestCase, MotoTestCase):
+    pass
+
+
+class PostgreSQLS3NodeTests(S3NodeTestsMixin, ApiTestCase, MotoTestCase):
+    postgresql = True
+    extra = {**S3NodeTestsMixin.extra,
              "Services.Keepbalance": {"InternalURLs": {"http://127.0.0.1:9005/": {}}}}
 
 

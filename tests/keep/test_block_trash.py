@@ -31,7 +31,7 @@ from arvnode.keep.trash import (
     TrashPolicy,
     parse_trash_list,
 )
-from arvnode.keep.volume import IVolume
+from arvnode.keep.volume import ITrashedIndex, IVolume
 from arvnode.keep.volumes import DirectoryVolume, directory
 from arvnode.keep.volumes.directory import BlockWriter
 from arvnode.keep.volumes.s3 import S3Volume
@@ -301,6 +301,31 @@ class DirectoryTrashTests(TestCase):
         self.assertTrue(os.path.exists(path), outcome)
         self.assertEqual(await read_all(node, hash), data)
 
+    async def test_trashed_index_lists_hashes_with_a_trashed_copy(self) -> None:
+        """Each hash with at least one trashed copy, once, by prefix; live blocks
+        and temp files are not listed; a live block that also has a trashed copy is."""
+        vol = self.volume()
+        await vol.start()
+        self.assertTrue(verifyObject(ITrashedIndex, vol))
+        self.assertEqual(list(await vol.trashed_index("")), [])  # no subdirectories yet
+        hash, data, mtime = await self.old_block(vol)
+        other, _, other_mtime = await self.old_block(vol, seed=1)
+        live, _, _ = await self.old_block(vol, seed=2)
+        self.assertTrue(await vol.trash(hash, mtime))
+        self.clock.advance(1)
+        await self.put(vol, data)  # live again, then trashed again: two trashed copies
+        self.assertTrue(await vol.trash(hash, age(vol.block_path(hash), TTL + HOUR)))
+        self.assertTrue(await vol.trash(other, other_mtime))
+        await self.put(vol, block(seed=1)[1])  # "other" is live again too
+        names = os.listdir(os.path.dirname(vol.block_path(hash)))
+        self.assertEqual(len([n for n in names if n.startswith(hash + ".trash.")]), 2)
+        self.assertEqual(list(await vol.trashed_index("")), sorted([hash, other]))
+        self.assertEqual(list(await vol.trashed_index(hash[0])),
+                         sorted({hash} | ({other} if other[0] == hash[0] else set())))
+        self.assertEqual(list(await vol.trashed_index(hash)), [hash])
+        self.assertEqual(list(await vol.trashed_index(live)), [])
+        await self.assertFailure(vol.trashed_index("../x"), ValueError)
+
     async def test_bad_hash_is_refused(self) -> None:
         vol = self.volume()
         await vol.start()
@@ -470,6 +495,31 @@ class S3TrashTests(MotoTestCase):
         self.assertEqual(await much_later.empty_trash(reactor.seconds() + 2 * HOUR + 60), 1)
         self.assertFalse(await v.untrash(hash))
         self.assertEqual(sorted(self.moto.keys(bucket)), [other])
+
+    async def test_trashed_index(self) -> None:
+        """The trash/ listing narrowed to a prefix, with Prefix and PrefixLength
+        keys; live blocks and other objects are not listed."""
+        bucket = self.bucket()
+        later = ShiftedClock(HOUR + 60)
+        v = S3Volume(UUID, parse_s3_parameters(self.params(bucket, Prefix="keep/",
+                                                           PrefixLength=3)),
+                     reactor=reactor, clock=later, rng=random.Random(3), backoff_base=0.01)
+        v.trash_policy = TrashPolicy(lifetime=2 * HOUR, signing_ttl=HOUR)
+        self.addCleanup(v.stop)
+        self.assertTrue(verifyObject(ITrashedIndex, v))
+        hashes = [await self.put(v, block(100, seed)[1]) for seed in range(4)]
+        for h, _, mtime in await v.index(""):
+            if h != hashes[3]:
+                self.assertTrue(await v.trash(h, mtime))
+        self.moto.put(bucket, "trash/keep/not-a-block", b"x")
+        self.moto.put(bucket, f"trash/{hashes[3]}", b"x")  # outside Prefix
+        self.assertIn(f"trash/keep/{hashes[0][:3]}/{hashes[0]}", self.moto.keys(bucket))
+        self.assertEqual(list(await v.trashed_index("")), sorted(hashes[:3]))
+        first = hashes[0]
+        for prefix in (first[0], first[:3], first[:5], first):
+            self.assertEqual(list(await v.trashed_index(prefix)),
+                             sorted(h for h in hashes[:3] if h.startswith(prefix)), prefix)
+        await self.assertFailure(v.trashed_index("G"), ValueError)
 
     async def test_touch_put_after_trash_and_lifetime_zero(self) -> None:
         bucket = self.bucket()

@@ -52,7 +52,14 @@ from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from arvnode.keep.trash import TrashPolicy
-from arvnode.keep.volume import IBlockReader, IBlockWriter, IVolume, VolumeError, VolumeFull
+from arvnode.keep.volume import (
+    IBlockReader,
+    IBlockWriter,
+    ITrashedIndex,
+    IVolume,
+    VolumeError,
+    VolumeFull,
+)
 from arvnode.keep.volumes._filereader import ThreadedFileReader
 from arvnode.keep.volumes._pooljobs import Serial, detached
 
@@ -126,7 +133,7 @@ def _errno_text(exc: OSError) -> str:
     return type(exc).__name__
 
 
-@implementer(IVolume)
+@implementer(IVolume, ITrashedIndex)
 class DirectoryVolume:
     """A volume whose blocks are files under ``root`` (see module docstring).
 
@@ -652,6 +659,33 @@ class DirectoryVolume:
         for d in subdirs:
             total += await self._run(self._empty_subdir, d, now)
         return total
+
+    def trashed_index(self, prefix: str) -> "Deferred[Sequence[str]]":
+        """Hashes starting with ``prefix`` with a trashed copy here; one
+        pool job per subdirectory (as :meth:`empty_trash`), so reads and
+        writes interleave with a big listing."""
+        if not re.fullmatch(r"[0-9a-f]{0,32}", prefix or ""):
+            return fail(ValueError(f"not a hash prefix: {prefix!r}"))
+        return Deferred.fromCoroutine(self._trashed_index(prefix or ""))
+
+    async def _trashed_index(self, prefix: str) -> list[str]:
+        want = prefix[:3]
+        found: set[str] = set()
+        for d in await self._run(self._subdirs):
+            if os.path.basename(d).startswith(want):
+                found.update(await self._run(self._trashed_in_subdir, d, prefix))
+        return sorted(found)
+
+    def _trashed_in_subdir(self, subdir: str, prefix: str) -> list[str]:
+        try:
+            with os.scandir(subdir) as it:
+                return [m.group(1) for e in it
+                        if (m := TRASH_RE.match(e.name)) is not None
+                        and m.group(1).startswith(prefix)]
+        except FileNotFoundError:
+            return []
+        except OSError as e:
+            raise self._error("list", subdir, e) from e
 
     def _subdirs(self) -> list[str]:
         try:

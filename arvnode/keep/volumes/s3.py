@@ -44,7 +44,8 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
-from arvnode.keep.volume import IBlockReader, IBlockWriter, IVolume, VolumeError
+from arvnode.keep.volume import IBlockReader, IBlockWriter, ITrashedIndex, IVolume, VolumeError
+from arvnode.keep.volumes import s3trash
 from arvnode.keep.volumes.s3_client import (
     HASH_RE,
     S3Client,
@@ -68,7 +69,7 @@ DEFAULT_REPLAY_LIMIT = 1 << 20
 LIST_BODY_LIMIT = 16 << 20
 
 
-@implementer(IVolume)
+@implementer(IVolume, ITrashedIndex)
 class S3Volume:
     """One bucket (see module docstring). ``reactor`` is the network,
     ``clock`` the timers, ``rng`` the backoff jitter."""
@@ -252,12 +253,34 @@ class S3Volume:
             return fail(ValueError(f"not a hash prefix: {prefix!r}"))
         return Deferred.fromCoroutine(self._index(prefix or ""))
 
-    async def _index(self, prefix: str) -> list[tuple[str, int, int]]:
+    def list_prefix(self, prefix: str) -> str:
+        """The key prefix under which the blocks whose hash starts with
+        ``prefix`` are (``PrefixLength`` directories included)."""
         p = self.params
         if p.prefix_length and len(prefix) >= p.prefix_length:
-            list_prefix = f"{p.prefix}{prefix[: p.prefix_length]}/{prefix}"
+            return f"{p.prefix}{prefix[: p.prefix_length]}/{prefix}"
+        return f"{p.prefix}{prefix}"
+
+    def hash_of_key(self, key: str, prefix: str = "") -> str | None:
+        """The block hash a key holds (None: not a block key of this volume,
+        or not starting with ``prefix``)."""
+        p = self.params
+        if not key.startswith(p.prefix):
+            return None
+        rest = key[len(p.prefix):]
+        if p.prefix_length:
+            head, _, hash = rest.partition("/")
+            if head != hash[: p.prefix_length]:
+                return None
         else:
-            list_prefix = f"{p.prefix}{prefix}"
+            hash = rest
+        if not HASH_RE.match(hash) or not hash.startswith(prefix):
+            return None
+        return hash
+
+    async def _index(self, prefix: str) -> list[tuple[str, int, int]]:
+        p = self.params
+        list_prefix = self.list_prefix(prefix)
         out: list[tuple[str, int, int]] = []
         token: str | None = None
         what = self._what("LIST", None)
@@ -284,18 +307,8 @@ class S3Volume:
         return out
 
     def _index_entry(self, item: Any, prefix: str) -> tuple[str, int, int] | None:
-        p = self.params
-        key = child_text(item, "Key") or ""
-        if not key.startswith(p.prefix):
-            return None
-        rest = key[len(p.prefix):]
-        if p.prefix_length:
-            head, _, hash = rest.partition("/")
-            if head != hash[: p.prefix_length]:
-                return None
-        else:
-            hash = rest
-        if not HASH_RE.match(hash) or not hash.startswith(prefix):
+        hash = self.hash_of_key(child_text(item, "Key") or "", prefix)
+        if hash is None:
             return None
         try:
             size = int(child_text(item, "Size") or "")
@@ -313,29 +326,25 @@ class S3Volume:
 
     @property
     def device_id(self) -> str:
-        from arvnode.keep.volumes import s3trash
-
         return s3trash.device_id(self)
 
     def trash(self, hash: str, mtime_ns: int | None = None) -> "Deferred[bool]":
-        from arvnode.keep.volumes import s3trash
-
         return self._bad_hash(hash) or Deferred.fromCoroutine(s3trash.trash(self, hash, mtime_ns))
 
     def untrash(self, hash: str) -> "Deferred[bool]":
-        from arvnode.keep.volumes import s3trash
-
         return self._bad_hash(hash) or Deferred.fromCoroutine(s3trash.untrash(self, hash))
 
     def empty_trash(self, now: float) -> "Deferred[int]":
-        from arvnode.keep.volumes import s3trash
-
         return Deferred.fromCoroutine(s3trash.empty_trash(self, now))
 
     def touch(self, hash: str) -> "Deferred[bool]":
-        from arvnode.keep.volumes import s3trash
-
         return self._bad_hash(hash) or Deferred.fromCoroutine(s3trash.touch(self, hash))
+
+    def trashed_index(self, prefix: str) -> "Deferred[Sequence[str]]":
+        """Hashes starting with ``prefix`` with a copy under ``trash/``."""
+        if not re.fullmatch(r"[0-9a-f]{0,32}", prefix or ""):
+            return fail(ValueError(f"not a hash prefix: {prefix!r}"))
+        return Deferred.fromCoroutine(s3trash.trashed_index(self, prefix or ""))
 
 
 class _Discard(Protocol):

@@ -16,8 +16,11 @@ and a trash request's mtime must compare equal to what ``index`` said.
 
 S3 has no lock to hold between "the mtime is still old" and "delete", so
 trash checks the mtime again after the copy, just before the delete; a PUT
-of the same block landing in that last instant leaves its data in
-``trash/`` (recoverable by ``untrash`` until the lifetime ends).
+of the same block landing in that last instant (the writer sees the block
+stored and only refreshes its mtime) is acknowledged, and its data is left
+only in ``trash/``. The balancer repairs that: each pass untrashes every
+referenced block it finds live on no volume but in ``trashed_index``
+(:mod:`arvnode.keep.balance`); reads do not untrash.
 
 ``untrash`` copies ``trash/<key>`` back (the live copy's ``LastModified``,
 its mtime, is then the time of the untrash: it is protected for another
@@ -36,7 +39,7 @@ from __future__ import annotations
 
 import calendar
 from datetime import datetime
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from urllib.parse import quote
 
 from twisted.internet.defer import CancelledError
@@ -60,7 +63,8 @@ from arvnode.keep.volumes.s3_client import (
 if TYPE_CHECKING:
     from arvnode.keep.volumes.s3 import S3Volume
 
-__all__ = ["TRASH_PREFIX", "empty_trash", "touch", "trash", "trash_key", "untrash"]
+__all__ = ["TRASH_PREFIX", "empty_trash", "touch", "trash", "trash_key", "trashed_index",
+           "untrash"]
 
 log = Logger()
 
@@ -173,7 +177,10 @@ def policy_of(vol: "S3Volume") -> TrashPolicy:
     return vol.trash_policy or TrashPolicy()
 
 
-async def trash(vol: "S3Volume", hash: str, mtime_ns: int | None) -> bool:
+async def trash(vol: "S3Volume", hash: str, mtime_ns: int | None, *,
+                before_delete: Callable[[], Awaitable[None]] | None = None) -> bool:
+    """``before_delete`` (tests only) runs between the last mtime check and
+    the DELETE: the window no lock closes on S3 (module doc)."""
     policy = policy_of(vol)
     if vol.read_only or not policy.enabled:
         return False
@@ -197,6 +204,8 @@ async def trash(vol: "S3Volume", hash: str, mtime_ns: int | None) -> bool:
         return True  # deleted meanwhile; the trash copy is what is left
     if again[1] != mtime:
         return False  # written again since: keep it (the trash copy expires)
+    if before_delete is not None:
+        await before_delete()
     await _delete(vol, key)
     return True
 
@@ -214,14 +223,9 @@ async def untrash(vol: "S3Volume", hash: str) -> bool:
     return True
 
 
-async def empty_trash(vol: "S3Volume", now: float) -> int:
-    if vol.read_only:
-        return 0
-    lifetime_ns = int(policy_of(vol).lifetime * 1e9)
-    now_ns = int(now * 1e9)
-    list_prefix = TRASH_PREFIX + vol.params.prefix
+async def _listing(vol: "S3Volume", list_prefix: str) -> AsyncIterator[Any]:
+    """The ``Contents`` items of every ListObjectsV2 page under ``list_prefix``."""
     what = vol._what("LIST", list_prefix)
-    expired: list[str] = []
     token: str | None = None
     while True:
         query = {"list-type": "2", "max-keys": str(vol.params.index_page_size),
@@ -236,16 +240,38 @@ async def empty_trash(vol: "S3Volume", now: float) -> int:
         if root is None:
             raise S3Error(f"{what}: the listing is not S3 XML")
         for item in children(root, "Contents"):
-            key = child_text(item, "Key") or ""
-            mtime = _mtime_ns(child_text(item, "LastModified"))
-            if mtime is not None and mtime + lifetime_ns <= now_ns:
-                expired.append(key)
+            yield item
         token = child_text(root, "NextContinuationToken")
         if (child_text(root, "IsTruncated") or "").lower() != "true" or not token:
             break
+
+
+async def empty_trash(vol: "S3Volume", now: float) -> int:
+    if vol.read_only:
+        return 0
+    lifetime_ns = int(policy_of(vol).lifetime * 1e9)
+    now_ns = int(now * 1e9)
+    expired: list[str] = []
+    async for item in _listing(vol, TRASH_PREFIX + vol.params.prefix):
+        key = child_text(item, "Key") or ""
+        mtime = _mtime_ns(child_text(item, "LastModified"))
+        if mtime is not None and mtime + lifetime_ns <= now_ns:
+            expired.append(key)
     for key in expired:
         await _delete(vol, key)
     return len(expired)
+
+
+async def trashed_index(vol: "S3Volume", prefix: str) -> list[str]:
+    """Hashes starting with ``prefix`` that have a ``trash/`` copy (the
+    listing :func:`empty_trash` reads, narrowed to ``prefix``)."""
+    found: set[str] = set()
+    async for item in _listing(vol, TRASH_PREFIX + vol.list_prefix(prefix)):
+        key = child_text(item, "Key") or ""
+        hash = vol.hash_of_key(key[len(TRASH_PREFIX):], prefix)
+        if key.startswith(TRASH_PREFIX) and hash is not None:
+            found.add(hash)
+    return sorted(found)
 
 
 async def touch(vol: "S3Volume", hash: str) -> bool:
