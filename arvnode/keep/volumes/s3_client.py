@@ -512,6 +512,7 @@ class S3Client:
         what: str,
         *,
         query: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
         ok: Sequence[int] = (200,),
         body_limit: int = ERROR_BODY_LIMIT,
         keep_open: bool = False,
@@ -527,7 +528,7 @@ class S3Client:
             attempt += 1
             try:
                 try:
-                    response = await self.send(method, key, query=query)
+                    response = await self.send(method, key, query=query, headers=headers)
                 except Exception:
                     raise failure_to_error(Failure(), what)
                 if response.code in ok and keep_open:

@@ -42,9 +42,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from urllib.parse import quote
 
-from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.web.iweb import IResponse
 
 from arvnode.keep.trash import TrashPolicy
@@ -54,10 +52,7 @@ from arvnode.keep.volumes.s3_client import (
     child_text,
     children,
     error_code,
-    failure_to_error,
     parse_xml,
-    read_small,
-    status_error,
 )
 
 if TYPE_CHECKING:
@@ -95,33 +90,11 @@ async def _call(
     ok: Sequence[int] = (200,),
     body_limit: int = ERROR_BODY_LIMIT,
 ) -> tuple[IResponse, bytes]:
-    """One bodyless request with headers, retried like
-    :meth:`S3Client.call` (which takes no headers): 5xx and network
-    failures with backoff. 404 is returned; other statuses raise."""
-    client = vol.client
-    attempt = 0
-    while True:
-        attempt += 1
-        try:
-            try:
-                response = await client.send(method, key, query=query, headers=headers)
-            except Exception:
-                raise failure_to_error(Failure(), what)
-            body = await read_small(response, body_limit)
-            if response.code in ok or response.code == 404:
-                return response, body
-            raise status_error(what, response.code, body)
-        except CancelledError:
-            raise
-        except S3Error as e:
-            if not e.retryable or attempt >= client.max_attempts:
-                raise
-        except Exception as e:
-            err = failure_to_error(Failure(e), what)
-            if attempt >= client.max_attempts:
-                raise err from e
-        vol.stats.retries += 1
-        await client.backoff(attempt)
+    """One bodyless request, retried by :meth:`S3Client.call` (5xx and
+    network failures with backoff). 404 is returned; other statuses raise."""
+    response, body = await vol.client.call(
+        method, key, what, query=query, headers=headers, ok=ok, body_limit=body_limit)
+    return response, body or b""
 
 
 async def _list_one(vol: "S3Volume", key: str) -> tuple[int, int] | None:
