@@ -95,7 +95,7 @@ from arvnode.keep.upload import (
 from arvnode.keep.volume import IVolume
 from arvnode.keep.volumes.upstream import UpstreamKeepstore
 from arvnode.keep.handler import HandlerResource, HandlerSite
-from arvnode.keep.wire import CORS_HEADERS, KeepError, format_classes, requested_classes
+from arvnode.keep.wire import CORS_HEADERS, KeepError, format_classes, requested_classes, send_index
 from arvnode.web.metrics import NodeMetrics
 
 __all__ = ["Keepstore", "KeepstoreSite", "RoleError", "build_keepstore_site", "keepstore_role"]
@@ -524,21 +524,7 @@ class Keepstore:
         await self._write_index(request, sorted(self.volumes, key=lambda v: v.uuid), prefix)
 
     async def _write_index(self, request: Any, volumes: Sequence[IVolume], prefix: str) -> None:
-        if any(c not in "0123456789abcdef" for c in prefix) or len(prefix) > 32:
-            raise KeepError(400, "invalid prefix")
-        lines: list[str] = []
-        for v in volumes:
-            try:
-                entries = await v.index(prefix)
-            except Exception as e:
-                raise KeepError(503, f"index of volume {v.uuid} failed: {e}") from e
-            lines.extend(f"{h}+{size} {mtime}\n" for h, size, mtime in entries)
-        body = ("".join(lines) + "\n").encode()
-        request.setResponseCode(200)
-        request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
-        request.setHeader(b"Content-Length", str(len(body)).encode())
-        request.write(body)
-        request.finish()
+        await send_index(request, volumes, prefix, failed_status=503)
 
     def _check_signature(self, request: Any, locator: Locator) -> None:
         if not self._blob_signing:

@@ -68,6 +68,7 @@ from arvnode.keep.wire import (
     KeepError,
     bearer_token,
     format_classes,
+    send_index,
 )
 from arvnode.web.metrics import NodeMetrics
 
@@ -281,19 +282,8 @@ class KeepProxy:
             or not hmac.compare_digest(token.encode(), self._root_token.encode())
         ):
             raise KeepError(403, FORBIDDEN)
-        lines: list[str] = []
-        for v in sorted(self.volumes, key=lambda v: v.uuid):
-            try:
-                entries = await v.index(prefix)
-            except Exception as e:
-                raise KeepError(502, f"index of volume {v.uuid} failed: {e}") from e
-            lines.extend(f"{h}+{size} {mtime}\n" for h, size, mtime in entries)
-        body = ("".join(lines) + "\n").encode()
-        request.setResponseCode(200)
-        request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
-        request.setHeader(b"Content-Length", str(len(body)).encode())
-        request.write(body)
-        request.finish()
+        await send_index(request, sorted(self.volumes, key=lambda v: v.uuid), prefix,
+                         failed_status=502)
 
     async def _read(self, request: Any) -> None:
         head = request.method == b"HEAD"

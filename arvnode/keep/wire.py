@@ -6,7 +6,7 @@ the token parsing are defined once and easy to compare with the spec.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Sequence
 
 __all__ = [
     "CORS_HEADERS",
@@ -78,3 +78,26 @@ def requested_classes(request: Any) -> list[str]:
             if name and name not in out:
                 out.append(name)
     return out
+
+
+async def send_index(request: Any, volumes: Sequence[Any], prefix: str, failed_status: int) -> None:
+    """Answer ``GET /index[/<prefix>]`` (keepproxy and keepstore alike): lines
+    ``<hash>+<size> <mtime ns>`` of every volume in order, then the blank line
+    that tells a client the listing is complete. A volume that cannot list
+    fails the whole answer with ``failed_status`` (the keepproxy's 502 for an
+    upstream, the keepstore's 503 for its own volume)."""
+    if any(c not in "0123456789abcdef" for c in prefix) or len(prefix) > 32:
+        raise KeepError(400, "invalid prefix")
+    lines: list[str] = []
+    for v in volumes:
+        try:
+            entries = await v.index(prefix)
+        except Exception as e:
+            raise KeepError(failed_status, f"index of volume {v.uuid} failed: {e}") from e
+        lines.extend(f"{h}+{size} {mtime}\n" for h, size, mtime in entries)
+    body = ("".join(lines) + "\n").encode()
+    request.setResponseCode(200)
+    request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+    request.setHeader(b"Content-Length", str(len(body)).encode())
+    request.write(body)
+    request.finish()
