@@ -21,7 +21,9 @@ Decisions (spec arvados-wire.md §8.4, §8.5; DESIGN.md §3a):
   ``api_token=v2/<uuid>/<secret>`` — salted for ``remote`` when given.
   ``POST /arvados/v1/users/authenticate`` (Arvados' JSON form of the same
   check) returns the token record with ``api_token``.
-* ``return_to`` must be ``http(s)``, without userinfo, and its origin must be
+* ``return_to`` must be ``http(s)``, without userinfo, backslashes, spaces or
+  control characters, with a plain ASCII host name or IP address (what a
+  browser would rewrite, we refuse, as Go's url.Parse does), and its origin must be
   one of ``Login.TrustedClients`` (``scheme://*.domain`` matches subdomains)
   or, with ``TrustPrivateNetworks``, localhost or a private address; else
   400 naming the problem. (arvnode runs no Workbench, so there is no
@@ -47,6 +49,7 @@ from __future__ import annotations
 import hmac
 import html
 import ipaddress
+import re
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
@@ -69,6 +72,15 @@ from arvnode.store.kinds import KINDS
 __all__ = ["LoginHandler", "return_to_problem"]
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+_HOST_RE = re.compile(r"[a-z0-9-]+(\.[a-z0-9-]+)*\.?")
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _origin(scheme: str, host: str, port: int | None) -> tuple[str, str, int]:
@@ -78,6 +90,11 @@ def _origin(scheme: str, host: str, port: int | None) -> tuple[str, str, int]:
 def return_to_problem(target: str, trusted: tuple[str, ...], *,
                       trust_private_networks: bool = False) -> str | None:
     """Why ``target`` may not receive a token, or None if it may (spec 8.5)."""
+    # Browsers read "\\" as "/" and drop tabs and newlines; urlsplit does
+    # not, so "https://evil.com\\.trusted.example/" would pass a wildcard
+    # entry while the browser (and the token) goes to evil.com.
+    if any(ch in "\\\x7f" or ch <= " " for ch in target):
+        return f"{target!r} contains a backslash, a space or a control character"
     try:
         parts = urlsplit(target)
         port = parts.port
@@ -87,6 +104,10 @@ def return_to_problem(target: str, trusted: tuple[str, ...], *,
         return f"{target!r} is not an http(s) URL with a host"
     if parts.username is not None or parts.password is not None:
         return "a return_to URL with a user name or password is not accepted"
+    if not _HOST_RE.fullmatch(parts.hostname) and not _is_ip(parts.hostname):
+        # Percent-encoded or non-ASCII hosts are decoded/IDNA-mapped by the
+        # browser, which our comparison would not follow.
+        return f"{target!r} does not have a plain DNS name (letters, digits, '-', '.') or IP address"
     want = _origin(parts.scheme, parts.hostname, port)
     for entry in trusted:
         try:

@@ -91,7 +91,7 @@ def read_params(request: Any, *, max_size: int) -> tuple[dict[str, Any], dict[st
         elif ctype == _JSON or (ctype == "" and body.lstrip()[:1] == b"{"):
             try:
                 decoded = json.loads(_utf8(body, "JSON body"))
-            except ValueError as e:
+            except (ValueError, RecursionError) as e:  # RecursionError: "[[[[..."
                 raise HTTPError(400, f"malformed JSON in request body: {e}") from e
             if not isinstance(decoded, dict):
                 raise HTTPError(400, "the JSON request body must be an object, not "
@@ -128,7 +128,7 @@ def attributes(params: Mapping[str, Any], json_body: Mapping[str, Any] | None,
         if isinstance(value, str):
             try:
                 value = json.loads(value)
-            except ValueError as e:
+            except (ValueError, RecursionError) as e:  # RecursionError: "[[[[..."
                 raise HTTPError(400, f"malformed JSON in parameter {singular!r}: {e}") from e
         if not isinstance(value, dict):
             raise HTTPError(422, f"parameter {singular!r} must be a JSON object of attributes")
@@ -166,7 +166,7 @@ def json_value(params: Mapping[str, Any], name: str, default: Any = None) -> Any
         if stripped[:1] in ("[", "{", '"'):
             try:
                 return json.loads(stripped)
-            except ValueError as e:
+            except (ValueError, RecursionError) as e:  # RecursionError: "[[[[..."
                 raise HTTPError(400, f"malformed JSON in parameter {name!r}: {e}") from e
     return value
 

@@ -19,6 +19,10 @@ __all__ = ["find_or_create_user"]
 
 _log = Logger(namespace="arvnode.auth.local_users")
 
+#: Never given to a new user: Arvados' ``Users.AutoSetupUsernameBlacklist``
+#: defaults (user names become login names on shell nodes).
+RESERVED_USERNAMES = frozenset({"arvados", "git", "gitolite", "gitoliteadmin", "root", "syslog"})
+
 
 async def find_or_create_user(store: Any, users_config: Any, username: str, email: str,
                               first_name: str | None = None, last_name: str = "",
@@ -43,7 +47,7 @@ async def find_or_create_user(store: Any, users_config: Any, username: str, emai
             if not email and user.username == username:
                 return user  # type: ignore[no-any-return]
         active = bool(users_config.new_users_are_active or users_config.auto_setup_new_users)
-        taken = {u.username for u in everyone}
+        taken = {u.username for u in everyone} | RESERVED_USERNAMES
         name = username if username not in taken else None
         try:
             user = await store.create_user(

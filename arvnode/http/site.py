@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import random
 import re
-from typing import Awaitable, Callable, Mapping
-from urllib.parse import parse_qsl, urlencode
+from typing import Awaitable, Callable, Mapping, cast
+from urllib.parse import parse_qsl, unquote, urlencode
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.web import http
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
@@ -52,8 +53,12 @@ def loggable_uri(uri: bytes) -> str:
     if not sep:
         return path
     # On /login, an OpenID Connect authorization code is as good as a token
-    # until it is used: not logged either.
-    secret = ("api_token", "code") if path.rstrip("/") == "/login" else ("api_token",)
+    # until it is used: not logged either. The controller routes by decoded
+    # segments (``//login``, ``/%6Cogin`` are /login too), so match the same way.
+    # ``reader_tokens`` is a JSON list of tokens.
+    secret: tuple[str, ...] = ("api_token", "reader_tokens")
+    if [unquote(s) for s in path.split("/") if s] == ["login"]:
+        secret += ("code",)
     kept = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k not in secret]
     return path + ("?" + urlencode(kept) if kept else "")
 
@@ -70,8 +75,15 @@ class NodeRequest(Request):
     bytes_in: int = 0
     _counted = False
 
+    @property
+    def channel_site(self) -> NodeSite:
+        """The site that built this request's channel, known before
+        ``process()`` sets ``self.site``. ``Site.buildProtocol`` sets
+        ``channel.site``; Twisted's HTTPChannel does not declare it."""
+        return cast(NodeSite, getattr(self.channel, "site"))
+
     def gotLength(self, length: int | None) -> None:
-        self.started = self.channel.site.clock.seconds()
+        self.started = self.channel_site.clock.seconds()
         super().gotLength(length)
 
     def handleContentChunk(self, data: bytes) -> None:
@@ -89,7 +101,7 @@ class NodeRequest(Request):
         if incoming is not None and _REQUEST_ID_RE.match(incoming):
             self.request_id = incoming.decode("ascii")
         else:
-            self.request_id = new_request_id(self.channel.site.rng)
+            self.request_id = new_request_id(self.channel_site.rng)
         self.setHeader(b"X-Request-Id", self.request_id.encode("ascii", "replace"))
 
     def track(self) -> None:
@@ -98,13 +110,13 @@ class NodeRequest(Request):
         if self._counted:
             return
         self._counted = True
-        site: NodeSite = self.channel.site  # self.site is set only in process()
+        site = self.channel_site  # self.site is set only in process()
         site.request_started(self)
         self.notifyFinish().addBoth(lambda _: site.request_ended(self))
 
     def process(self) -> None:
         if not self.started:
-            self.started = self.channel.site.clock.seconds()
+            self.started = self.channel_site.clock.seconds()
         self.assign_request_id()
         self.track()
         super().process()
@@ -186,7 +198,7 @@ class NodeSite(Site):
 
     # --- access log ---------------------------------------------------------
 
-    def log(self, request: Request) -> None:
+    def log(self, request: http.Request) -> None:
         """One structured line per request; never a token (see loggable_uri)."""
         now = self.clock.seconds()
         started = getattr(request, "started", 0.0) or now

@@ -194,8 +194,8 @@ class Keepstore:
             return
         for name, value in CORS_HEADERS.items():
             request.setHeader(name, value)
-        for name, value in (headers or {}).items():
-            request.setHeader(name.encode(), value.encode())
+        for key, text in (headers or {}).items():
+            request.setHeader(key.encode(), text.encode())
         plain_error(request, code, message)
 
     def _now(self) -> float:
@@ -238,6 +238,8 @@ class Keepstore:
                 data = json.loads(body)
             except ValueError as e:
                 raise KeepError(400, f"the body is not JSON: {e}") from e
+            except RecursionError as e:  # "[[[[..." deeper than the parser's stack
+                raise KeepError(400, "the body is not a trash or pull list (nested too deeply)") from e
             try:
                 if request.path == b"/trash":
                     self.trash_worker.set_list(parse_trash_list(data))
@@ -296,7 +298,7 @@ class Keepstore:
         classes = requested_classes(request) or list(self._default_classes)
         if not self.budget.try_acquire(length):
             raise KeepError(503, "too many uploads in flight; try again", {"Retry-After": "1"})
-        released = []
+        released: list[bool] = []
 
         def release(_: object = None) -> None:
             if not released:
@@ -632,6 +634,8 @@ class _ListSink:
 
 class KeepstoreSite(HandlerSite):
     """The keepstore API's site (errors carry the keepstore headers)."""
+
+    keepstore: Keepstore
 
 
 async def _ping() -> None:

@@ -5,8 +5,9 @@ resource and method, including ones this node does not implement, so the
 request goes out as it came in (method, path, query, body) with only what
 the spec says must change (arvados-wire.md §3.4, §3.6, §7.3, §7.4):
 
-* the client's token never leaves unsalted: ``api_token`` is removed from the
-  query string and from an urlencoded body, and ``Authorization: Bearer``
+* the client's token never leaves unsalted: ``api_token`` (and
+  ``reader_tokens``) are removed from the query string and from an
+  urlencoded body, ``Cookie`` is not copied, and ``Authorization: Bearer``
   carries the token salted for the target (:func:`outgoing_token`);
 * hop-by-hop headers, ``Host``, ``Accept-Encoding``, ``Content-Length`` and
   ``If-None-Match`` are dropped; ``X-Request-Id`` is kept; ``Via:
@@ -28,7 +29,7 @@ Entry points for the router: :meth:`Forwarder.forward` and the pure
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, unquote_to_bytes, urlencode
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.protocol import Protocol
@@ -62,6 +63,9 @@ HOP_BY_HOP = frozenset(
         b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te",
         b"trailer", b"trailers", b"upgrade", b"transfer-encoding", b"content-length",
         b"host", b"accept-encoding", b"if-none-match", b"authorization", b"expect",
+        # Credentials for this cluster only: a browser's cookies (Arvados'
+        # arvados_api_token cookie is the unsalted token).
+        b"cookie",
     }
 )
 #: Response headers not copied back (the local server frames the answer).
@@ -119,11 +123,17 @@ def outgoing_token(
         return token
 
 
+#: Parameters that carry the client's tokens unsalted. ``reader_tokens`` (a
+#: JSON list) is dropped rather than salted: arvnode does not use reader
+#: tokens itself, and an unsalted one must not reach another cluster.
+_TOKEN_PARAMS = (b"api_token", b"reader_tokens")
+
+
 def strip_api_token_query(query: bytes) -> bytes:
-    """The raw query string without any ``api_token`` parameter, other bytes untouched."""
+    """The raw query string without ``api_token`` or ``reader_tokens``, other bytes untouched."""
     if not query:
         return b""
-    kept = [p for p in query.split(b"&") if p.split(b"=", 1)[0] != b"api_token"]
+    kept = [p for p in query.split(b"&") if unquote_to_bytes(p.split(b"=", 1)[0]) not in _TOKEN_PARAMS]
     return b"&".join(p for p in kept if p)
 
 
@@ -158,7 +168,7 @@ def forwarding_headers(
         for extra in value.split(b","):
             out.removeHeader(extra.strip())
     out.setRawHeaders(b"Authorization", [b"Bearer " + token.encode("utf-8")])
-    rid = request_id or (incoming.getRawHeaders(b"x-request-id") or [None])[0]
+    rid = request_id or (incoming.getRawHeaders(b"x-request-id") or [b""])[0]
     if rid:
         out.setRawHeaders(b"X-Request-Id", [rid.encode("latin-1") if isinstance(rid, str) else rid])
     forwarded = [v for v in incoming.getRawHeaders(b"x-forwarded-for", []) if v]
@@ -175,7 +185,7 @@ def forwarding_headers(
 
 def _strip_form_token(body: bytes) -> bytes:
     pairs = parse_qsl(body.decode("utf-8", "surrogateescape"), keep_blank_values=True)
-    kept = [(k, v) for k, v in pairs if k != "api_token"]
+    kept = [(k, v) for k, v in pairs if k.encode("utf-8", "surrogateescape") not in _TOKEN_PARAMS]
     return urlencode(kept, encoding="utf-8", errors="surrogateescape").encode("utf-8", "surrogateescape")
 
 
