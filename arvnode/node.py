@@ -29,7 +29,7 @@ from arvnode.api.service import advertised_url, build_controller_site
 from arvnode.auth.refresh import RemoteTokenRefresh
 from arvnode.auth.remote_tokens import RemoteTokens
 from arvnode.auth.tokens import Authenticator
-from arvnode.config import Config
+from arvnode.config import Config, format_duration
 from arvnode.keep.balance import BalanceMetrics, Balancer
 from arvnode.keep.balance_service import BalancerService, balancer_role
 from arvnode.keep.service import build_keepproxy_site
@@ -41,7 +41,7 @@ from arvnode.remote.client import RemoteClient
 from arvnode.remote.forward import Forwarder
 from arvnode.remote.keep import RemoteKeep
 from arvnode.services import HTTPListener, OrderedMultiService
-from arvnode.store import open_store
+from arvnode.store import Store, open_store
 from arvnode.store.sweeper import TrashSweeper
 from arvnode.tls import ReloadableServerTLS, client_policy
 from arvnode.web.metrics import NodeMetrics
@@ -77,6 +77,12 @@ class ThreadPools(Service):
             pool.stop()
 
 
+class StartupError(Exception):
+    """An operator's problem found while starting (a state directory that
+    cannot be created ...): logged as one line saying what to fix, since a
+    traceback would only bury the path."""
+
+
 class StoreService(Service):
     def __init__(self, store: Any, config: Config, state_dir: Path | None = None) -> None:
         self.store = store
@@ -88,7 +94,12 @@ class StoreService(Service):
 
     async def start_async(self) -> None:
         if self._state_dir is not None:
-            self._state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            try:
+                self._state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            except OSError as e:
+                raise StartupError(
+                    f"ArvNode.DataDirectory: cannot create {str(self._state_dir)!r}: "
+                    f"{e.strerror or e}") from None
         await self.store.start()
         await self.store.ensure_system_records(
             system_root_token=self._config.system_root_token,
@@ -165,6 +176,16 @@ class Node(OrderedMultiService):
 
     log = Logger()
 
+    # Set by build_node (tests and the CLI reach the parts through them).
+    metrics: NodeMetrics
+    store: Store
+    balancer: Balancer | None
+    remote_client: RemoteClient
+    remote_tokens: RemoteTokens
+    forwarder: Forwarder
+    remote_keep: RemoteKeep
+    authenticator: Authenticator
+
     def __init__(
         self,
         config: Config,
@@ -208,7 +229,15 @@ class Node(OrderedMultiService):
         """Fires when every listener is up (tests await this)."""
         assert self._started is not None, "node not started"
         d: Deferred[None] = Deferred()
-        self._started.addBoth(lambda r: (d.callback(None) if not isinstance(r, Failure) else d.errback(r), r)[1])
+
+        def relay(result: object) -> object:
+            if isinstance(result, Failure):
+                d.errback(result)
+            else:
+                d.callback(None)
+            return result
+
+        self._started.addBoth(relay)
         return d
 
     async def _start(self) -> None:
@@ -238,7 +267,7 @@ class Node(OrderedMultiService):
         self.log.info("arvnode cluster {cluster} is up", cluster=self.config.cluster_id)
 
     def _fatal(self, failure: Failure) -> None:
-        if failure.check(CannotListenError):
+        if failure.check(CannotListenError, StartupError):
             # An operator's problem (port taken, address not on this host),
             # not a bug: one line naming the address, no traceback.
             self.log.critical("arvnode failed to start: {error}", error=str(failure.value))
@@ -311,8 +340,9 @@ def _add_balancer(node: Node, config: Config, reactor: Any, store: Any, volumes:
         store, volumes, clock=reactor, signing_ttl=c.blob_signing_ttl, blob_trash=c.blob_trash,
         trash_concurrency=c.blob_trash_concurrency, timeout=c.balance_timeout,
         metrics=BalanceMetrics(metrics.registry))
-    Node.log.info("balancer runs on this node every {period}s: {why}",
-                  period=c.balance_period, why=why)
+    # In the config's own spelling (6h0m0s), not 21600.0s.
+    Node.log.info("balancer runs on this node every {period} (Collections.BalancePeriod): {why}",
+                  period=format_duration(c.balance_period), why=why)
     BalancerService(node.balancer, clock=reactor, period=c.balance_period).setServiceParent(node)
 
 

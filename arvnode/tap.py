@@ -10,7 +10,7 @@ import random
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from twisted.python import usage
 from twisted.python.failure import Failure
@@ -70,11 +70,16 @@ def _refuse(status: int, message: str) -> None:
 
 
 def makeService(options: Options) -> Any:
-    from twisted.internet import reactor
+    from twisted.internet import reactor as global_reactor
+    from twisted.internet.interfaces import IReactorCore, IReactorThreads
 
     from arvnode.node import build_node
     from arvnode.tls import TLSConfigError
 
+    # The module object stands in for the reactor instance, which its stubs
+    # cannot express: name the two interfaces this function relies on.
+    reactor = cast(IReactorCore, global_reactor)
+    call_from_thread = cast(IReactorThreads, global_reactor).callFromThread
     config = options.loaded
     out = sys.__stdout__
 
@@ -89,6 +94,11 @@ def makeService(options: Options) -> Any:
         reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
         if reactor.running:
             reactor.stop()
+        else:
+            # twistd starts the services before reactor.run(): a start that
+            # fails before its first real wait lands here too early to stop
+            # the reactor, which would then run forever with nothing to serve.
+            reactor.callWhenRunning(reactor.stop)
 
     # As Arvados services do, ARVADOS_SERVICE_INTERNAL_URL names which
     # Services.Keepstore entry this process is, when several share one host.
@@ -106,7 +116,7 @@ def makeService(options: Options) -> Any:
         # twistd's own handler records the signal and re-raises it at exit,
         # so a clean SIGTERM shutdown would end with status -15; systemd and
         # the README promise exit 0 once in-flight requests are done.
-        reactor.callFromThread(_stop_reactor, signal.Signals(signum).name)
+        call_from_thread(_stop_reactor, signal.Signals(signum).name)
 
     def _stop_reactor(name: str) -> None:
         from twisted.internet.error import ReactorNotRunning
@@ -119,7 +129,7 @@ def makeService(options: Options) -> Any:
             pass  # a second signal while draining: already stopping
 
     def install_signals() -> None:
-        signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(node.reload_tls))
+        signal.signal(signal.SIGHUP, lambda *_: call_from_thread(node.reload_tls))
         signal.signal(signal.SIGTERM, stop_gracefully)
         signal.signal(signal.SIGINT, stop_gracefully)
 

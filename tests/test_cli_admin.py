@@ -195,3 +195,74 @@ class AdminCommandTests(SynchronousTestCase):
         code, out, err = self.arvnode("user", "list", where=("--config", "/nonexistent/x.yml"))
         self.assertEqual((code, out), (1, ""))
         self.assertIn("/nonexistent/x.yml", err)
+
+    def test_cache_drop_untrusted_certificate_says_what_to_pass(self) -> None:
+        """`cache drop` against a node whose CA the client does not trust:
+        exit 1 and the verification error followed by the option to pass
+        (docs/login-cluster.md: --ca-file or SSL_CERT_FILE)."""
+        import socket
+        import ssl
+        import threading
+        from pathlib import Path
+
+        from arvnode.tls import generate_ca_and_server
+
+        files = generate_ca_and_server(Path(self.mktemp()), common_name="other")
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(str(files["cert"]), str(files["key"]))
+        listener = socket.create_server(("127.0.0.1", 0))
+        self.addCleanup(listener.close)
+        port = listener.getsockname()[1]
+
+        def serve_one_handshake() -> None:
+            conn, _ = listener.accept()
+            try:
+                context.wrap_socket(conn, server_side=True).close()
+            except (ssl.SSLError, OSError):
+                conn.close()  # the client gave up on our certificate: expected
+
+        thread = threading.Thread(target=serve_one_handshake, daemon=True)
+        thread.start()
+        self.addCleanup(thread.join, 10)
+        code, out, err = self.arvnode("cache", "drop", "--token-uuid", f"{CLUSTER}-gj3su-000000000000001",
+                                      "--url", f"https://127.0.0.1:{port}/",
+                                      where=("--config", os.path.join(self.data, "config.yml")))
+        self.assertEqual((code, out), (1, ""), err)
+        self.assertIn("CERTIFICATE_VERIFY_FAILED", err)
+        self.assertIn("pass --ca-file PATH", err)
+
+    def test_missing_data_directory(self) -> None:
+        """A DataDirectory no node has created yet: one line naming it and
+        what to do, not SQLite's "unable to open database file"; nothing is
+        created."""
+        missing = os.path.join(self.data, "not-yet")
+        config = os.path.join(self.data, "other.yml")
+        with open(config, "w") as f:
+            f.write(CONFIG.format(cluster=CLUSTER, root=ROOT, anon=ANON, key="k" * 50, data=missing))
+        code, out, err = self.arvnode("user", "list", where=("--config", config))
+        self.assertEqual((code, out), (1, ""))
+        self.assertIn(f"ArvNode.DataDirectory {missing!r} is not a directory; start the node once", err)
+        self.assertNotIn("unable to open", err)
+        self.assertFalse(os.path.exists(missing))
+
+
+class InitCommandTests(SynchronousTestCase):
+    """``arvnode init`` leaves what the docs tell the operator to use next."""
+
+    def test_init_writes_env_sh(self) -> None:
+        """docs/install.md: after `arvnode init`, `source DIR/env.sh` works and
+        sets what init printed (it used to be written only by a start)."""
+        data = os.path.abspath(self.mktemp())
+        out, err = io.StringIO(), io.StringIO()
+        patches = [self.patch(sys, "stdout", out), self.patch(sys, "stderr", err)]
+        try:
+            code = main(["init", "--data", data])
+        finally:
+            for patch in patches:
+                patch.restore()
+        self.assertEqual(code, 0, err.getvalue())
+        with open(os.path.join(data, "env.sh")) as f:
+            env = f.read()
+        self.assertIn("export ARVADOS_API_TOKEN=v2/", env)
+        self.assertIn(env, out.getvalue())
+        self.assertEqual(os.stat(os.path.join(data, "env.sh")).st_mode & 0o777, 0o600)

@@ -917,6 +917,8 @@ class CheckCommandTests(SynchronousTestCase):
         self.assertIn("error: Clusters.zzzzz.TLS.Certificate: got nothing", err)
         self.assertIn('error: Clusters.zzzzz.Volumes.zzzzz-nyw5e-000000000000000.Driver: got "Azure"', err)
         self.assertNotIn("Services.Controller.InternalURLs", err)
+        # The verdict line of docs/configure.md, as for a file that does not load.
+        self.assertEqual(err.splitlines()[-1], f"{path}: 3 problem(s); the node would not start")
 
     def test_warnings(self) -> None:
         """Warnings go to stderr, never with the secret."""

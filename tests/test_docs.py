@@ -272,3 +272,50 @@ class ConfigureTableTests(SynchronousTestCase):
         text = CONFIGURE.read_text(encoding="utf-8")
         for key in IGNORED_KEYS:
             self.assertIn(f"`{key}`", text)
+
+
+def _flat(path: Path) -> str:
+    """A doc's text with line breaks and runs of spaces made one space, so a
+    message wrapped across lines of the markdown still matches."""
+    return re.sub(r"\s+", " ", path.read_text(encoding="utf-8"))
+
+
+class StartupMessageTests(SynchronousTestCase):
+    """What troubleshoot.md and install.md quote of a failed start is what the
+    node prints. (They used to quote a `TLSConfigError` traceback and a
+    "no URL to listen on" line that the code no longer produced.)"""
+
+    def test_startup_problems_are_quoted(self) -> None:
+        from arvnode.config import startup_problems
+
+        data = base_config()
+        cluster = data["Clusters"][CLUSTER]
+        cluster["Services"]["Controller"]["InternalURLs"] = {"https://127.0.0.1:0/": {}}
+        del cluster["Services"]["Keepproxy"]
+        cluster["Volumes"][VOLUME]["Driver"] = "Azure"
+        problems = startup_problems(config_from_string(yaml.safe_dump(data)))
+        self.assertEqual(len(problems), 3, problems)
+        doc = _flat(DOCS / "troubleshoot.md")
+        prefix = f"Clusters.{CLUSTER}."
+        for problem in problems:
+            self.assertTrue(problem.startswith(prefix), problem)
+            key, _, rest = problem[len(prefix):].partition(": ")
+            # The doc shows the key's last part and the message up to its
+            # first clause (the volume's doc line elides the driver name).
+            head = rest.split('"')[0] if key.endswith("Driver") else rest.split(", e.g.")[0]
+            self.assertIn(f"{key.rsplit('.', 1)[-1]}: {head}", doc.replace("<uuid>.", ""),
+                          f"troubleshoot.md does not quote: {problem}")
+
+    def test_tls_file_errors_are_quoted(self) -> None:
+        from arvnode.tls import TLSConfigError, load_server_options
+
+        missing = self.mktemp()
+        with self.assertRaises(TLSConfigError) as caught:
+            load_server_options(missing, missing)
+        message = str(caught.exception)
+        self.assertTrue(message.startswith("TLS.Certificate: cannot read "), message)
+        for doc in ("troubleshoot.md", "install.md"):
+            text = _flat(DOCS / doc)
+            self.assertIn("arvnode: cannot start a node: TLS.Certificate", text, doc)
+            self.assertNotIn("TLSConfigError", text, f"{doc} quotes the old traceback")
+        self.assertIn("TLS.Certificate: cannot read '...'", _flat(DOCS / "troubleshoot.md"))

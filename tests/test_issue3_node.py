@@ -321,6 +321,26 @@ class EmbeddedDefaultAudit(TestCase):
         self.assertIn("a-file", out)
         self.assertNotIn("Traceback", out)
 
+    def test_uncreatable_data_directory_exits_1_with_one_line(self) -> None:
+        """A DataDirectory that cannot be created (here: under a file) fails
+        the start before anything waits: the node must still exit 1 (it used
+        to log a traceback and then run forever, serving nothing), with one
+        line naming ArvNode.DataDirectory and the path."""
+        cwd = Path(self.mktemp()).absolute()
+        cwd.mkdir()
+        self.assertEqual(_arvnode("init", "--data", "state", cwd=cwd).returncode, 0)
+        (cwd / "a-file").write_text("")
+        config = _embedded_config_on_port_0(cwd / "state")
+        (section,) = config["Clusters"].values()
+        section["ArvNode"]["DataDirectory"] = str(cwd / "a-file" / "data")
+        (cwd / "bad.yml").write_text(yaml.safe_dump(config))
+        result = _twistd("--config", "bad.yml", cwd=cwd)
+        out = result.stdout + result.stderr
+        self.assertEqual(result.returncode, 1, out)
+        self.assertIn("arvnode failed to start: ArvNode.DataDirectory", out)
+        self.assertIn(str(cwd / "a-file" / "data"), out)
+        self.assertNotIn("Traceback", out)
+
     def test_port_taken_on_restart_is_one_line(self) -> None:
         """Embedded default: when the port the state directory names is
         taken by the time of a later start, the node exits 1 with a line

@@ -8,7 +8,7 @@ import argparse
 import os
 import random
 import sys
-from typing import Any, Awaitable, Callable, Sequence, TypeVar
+from typing import Any, Awaitable, Callable, Coroutine, Sequence, TypeVar
 
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
@@ -64,7 +64,7 @@ def load_or_report(args: argparse.Namespace) -> tuple[str, Any]:
         return path, None
 
 
-def run_async(work: Callable[[Any], Awaitable[T]]) -> T:
+def run_async(work: Callable[[Any], Coroutine[Any, Any, T]]) -> T:
     """Run ``work(reactor)`` to completion on a reactor made for this call.
 
     Not ``task.react`` on the global reactor: that ends in ``sys.exit`` and
@@ -79,7 +79,7 @@ def run_async(work: Callable[[Any], Awaitable[T]]) -> T:
     outcome: list[Any] = []
 
     def go() -> None:
-        d = Deferred.fromCoroutine(work(reactor))  # type: ignore[arg-type]
+        d = Deferred.fromCoroutine(work(reactor))
         d.addBoth(outcome.append)
         d.addBoth(lambda _: reactor.stop())
 
@@ -117,6 +117,15 @@ def run_with_store_on_reactor(
         print(
             f"{path}: neither PostgreSQL.Connection nor ArvNode.DataDirectory is set; "
             "cannot find the database",
+            file=sys.stderr,
+        )
+        return 1
+    if not postgresql and not os.path.isdir(data_dir):
+        # Not SQLite's bare "unable to open database file": say which
+        # directory and what to do (a node creates it at its first start).
+        print(
+            f"{path}: ArvNode.DataDirectory {data_dir!r} is not a directory; start the node "
+            "once (it creates it), or create it, owned by the node's user",
             file=sys.stderr,
         )
         return 1

@@ -75,7 +75,7 @@ def run_drop(args: argparse.Namespace) -> int:
             status, body = _post(url, config.system_root_token, form,
                                  insecure=insecure, ca_file=ca_file)
         except (OSError, ValueError) as e:  # refused, TLS failure, bad URL (URLError is OSError)
-            print(f"{url}: {e.__class__.__name__}: {e}", file=sys.stderr)
+            print(f"{url}: {_describe(e)}", file=sys.stderr)
             failures += 1
             continue
         try:
@@ -91,6 +91,19 @@ def run_drop(args: argparse.Namespace) -> int:
             continue
         print(f"{url}: dropped {doc.get('dropped', 0)} cached answer(s)")
     return 1 if failures else 0
+
+
+def _describe(error: Exception) -> str:
+    """The error, and for a certificate the node's client does not trust
+    (a private CA, the embedded default's own) what to pass: the bare
+    CERTIFICATE_VERIFY_FAILED does not say that this command has its own
+    option for it."""
+    text = f"{error.__class__.__name__}: {error}"
+    reason = getattr(error, "reason", error)
+    if isinstance(reason, ssl.SSLCertVerificationError):
+        text += ("; pass --ca-file PATH (the CA that issued the node's certificate), "
+                 "or set SSL_CERT_FILE")
+    return text
 
 
 def _post(url: str, token: str, form: dict[str, str], *,

@@ -55,4 +55,8 @@ def run(args: argparse.Namespace) -> int:
     problems = startup_problems(config)
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)
+    if problems:
+        # The same last line as for a file that does not load, so a script
+        # (or a person skimming past the effective config) sees the verdict.
+        print(f"{path}: {len(problems)} problem(s); the node would not start", file=sys.stderr)
     return 1 if problems else 0

@@ -1,7 +1,7 @@
 """``arvnode init [--data DIR]``: create the embedded default without starting it.
 
 Useful to inspect or edit ``DIR/config.yml`` before the first start, and in
-provisioning scripts. Running it again changes nothing and prints the same
+provisioning scripts. Writes ``DIR/env.sh`` as a start does. Running it again changes nothing and prints the same
 environment.
 """
 from __future__ import annotations
@@ -34,8 +34,13 @@ def run(args: argparse.Namespace) -> int:
         data = Path(config.arvnode.data_directory)
         token = await embedded.ensure_admin_token(store, data)
         url = config.services.controller.external_url
+        text = embedded.env_lines(url.netloc, token, str(data / "tls" / "ca.pem"))
+        # The docs tell the operator to `source DIR/env.sh`: have it right
+        # after init too, not only after the first start (which rewrites it
+        # with the ports actually bound).
+        embedded.write_env_file(data, text)
         print(f"# arvnode state directory: {data}")
-        print(embedded.env_lines(url.netloc, token, str(data / "tls" / "ca.pem")), end="")
+        print(text, end="")
         return 0
 
     return run_with_store(args, work)

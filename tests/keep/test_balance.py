@@ -880,6 +880,17 @@ class RoleTests(SynchronousTestCase):
         self.assertEqual(balancer_role(config)[0], True)
         self.assertTrue(self.has_balancer(config))
 
+    def test_start_log_gives_the_period_as_configured(self) -> None:
+        """The start-up line says the period in the config's spelling
+        (docs/garbage-collection.md), not as a float of seconds."""
+        from arvnode.node import Node
+        events: list[dict[str, Any]] = []
+        self.patch(Node, "log", Logger(namespace="arvnode.node.Node", observer=events.append))
+        build_node(self.config(**{"Collections.BalancePeriod": "6h"}), reactor)
+        lines = [formatEvent(e) for e in events]
+        self.assertIn("balancer runs on this node every 6h0m0s (Collections.BalancePeriod): "
+                      "single node (SQLite database of its own)", lines)
+
     def test_postgresql_node_without_keepbalance_does_not(self) -> None:
         config = self.config(postgresql=True)
         here, why = balancer_role(config)
