@@ -8,7 +8,7 @@ then give in-flight requests a grace period, then cut what is left.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
@@ -16,12 +16,19 @@ from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 from twisted.protocols.policies import WrappingFactory
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IListeningPort, IReactorTime
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from arvnode.http.site import NodeSite
 from arvnode.tls import ReloadableServerTLS
+
+
+def _bound_port(port: IListeningPort) -> int:
+    """The TCP port number ``port`` is bound to (IAddress has no ``.port``;
+    the TCP endpoints' addresses do)."""
+    return cast("IPv4Address | IPv6Address", port.getHost()).port
 
 
 class _NoALPN(Factory):
@@ -77,7 +84,7 @@ class HTTPListener(Service):
     def port(self) -> int:
         """The port actually bound (differs from the configured one for 0)."""
         assert self._listening is not None, "not listening"
-        return self._listening.getHost().port
+        return _bound_port(self._listening)
 
     @property
     def scheme(self) -> str:
@@ -103,7 +110,7 @@ class HTTPListener(Service):
             self.log.info(
                 "{service} listening on {scheme}://{host}:{port}/",
                 service=self.site.service, scheme=self.scheme, host=self.host,
-                port=port.getHost().port,
+                port=_bound_port(port),
             )
             waiters, self._waiters = self._waiters, []
             for w in waiters:
@@ -123,7 +130,8 @@ class HTTPListener(Service):
         clock: IReactorTime = self.site.clock
         deadline = clock.seconds() + self.grace_period
         if self._listening is not None:
-            await self._listening.stopListening()
+            # A TCP port's stopListening always returns a Deferred.
+            await cast("Deferred[None]", self._listening.stopListening())
             self._listening = None
         await self._drain()
         await self._close_connections(clock, deadline)

@@ -31,8 +31,9 @@ gets the 504 naming the remote, not our own generic timeout.
 """
 from __future__ import annotations
 
+import builtins
 import json
-from typing import Any, Awaitable, Callable, Iterable
+from typing import Any, Awaitable, Callable, Coroutine, Iterable
 from urllib.parse import urlencode, quote
 
 import attrs
@@ -122,7 +123,7 @@ class Federation:
 
     def usable(self, cluster: str | None) -> bool:
         """True if records of ``cluster`` are served by forwarding there."""
-        return bool(cluster) and cluster != self.cluster_id and self.forwarder.may_forward(cluster)
+        return bool(cluster and cluster != self.cluster_id and self.forwarder.may_forward(cluster))
 
     def path_target(self, request: Any, rest: list[str]) -> str | None:
         """The remote named by the UUID in ``/arvados/v1/<res>/<uuid>[/...]``."""
@@ -360,7 +361,7 @@ class Federation:
 
     async def _list_page(self, ctx: Any, local: Callable[[Any], Awaitable[Any]], cluster: str,
                          path: str, batch: dict[str, Any], token: str | None,
-                         v2_form: str | None) -> list[Any]:
+                         v2_form: str | None) -> builtins.list[Any]:  # not self.list
         if cluster == self.cluster_id:
             page = await local(attrs.evolve(ctx, params=dict(batch)))
             return list(page.get("items", []))
@@ -410,9 +411,9 @@ class Federation:
             raise HTTPError(400, f"{prefix} with {n} uuids (max {self.max_items})")
 
 
-async def _all_or_first_error(coros: Iterable[Awaitable[Any]]) -> list[Any]:
+async def _all_or_first_error(coros: Iterable[Coroutine[Any, Any, Any]]) -> list[Any]:
     """Run concurrently; the results in order, or the first error (the rest cancelled)."""
-    ds = [Deferred.fromCoroutine(c) for c in coros]  # type: ignore[arg-type]
+    ds = [Deferred.fromCoroutine(c) for c in coros]
     done: Deferred[list[Any]] = Deferred()
     results: list[Any] = [None] * len(ds)
     remaining = [len(ds)]
@@ -440,10 +441,10 @@ async def _all_or_first_error(coros: Iterable[Awaitable[Any]]) -> list[Any]:
                 d.cancel()
 
 
-async def _first_success(coros: dict[str, Awaitable[Any]],
+async def _first_success(coros: dict[str, Coroutine[Any, Any, Any]],
                          failed: Callable[[BaseException, str], None]) -> Any:
     """The first successful result (others cancelled), or None if all failed."""
-    ds = {c: Deferred.fromCoroutine(co) for c, co in coros.items()}  # type: ignore[arg-type]
+    ds = {c: Deferred.fromCoroutine(co) for c, co in coros.items()}
     done: Deferred[Any] = Deferred()
     remaining = [len(ds)]
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import random
-from typing import Any, Awaitable, Callable, Mapping
+from typing import Any, Awaitable, BinaryIO, Callable, Mapping, cast
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -69,8 +69,10 @@ class ControllerRequest(NodeRequest):
     def handleContentChunk(self, data: bytes) -> None:
         if not self.body_too_large and self.bytes_in + len(data) > self.max_body:
             self.body_too_large = True
-            self.content.seek(0)
-            self.content.truncate()
+            # gotLength opened the body file (Twisted declares content = None).
+            content = cast(BinaryIO, self.content)
+            content.seek(0)
+            content.truncate()
         if self.body_too_large:
             self.bytes_in += len(data)
             return
@@ -148,7 +150,7 @@ class ControllerResource(AsyncResource):
         remote = None
         if fed is not None and segments[:2] == ["arvados", "v1"]:
             remote = fed.path_target(request, segments[2:])
-        if method == "OPTIONS" and remote is not None:
+        if method == "OPTIONS" and fed is not None and remote is not None:
             # A CORS preflight carries no credentials: the remote answers it.
             await fed.relay(request, remote, None, None)
             return NOT_DONE_YET
@@ -390,5 +392,7 @@ def build_controller_site(
         management_token=management_token, health_checks=health_checks, idle_timeout=idle_timeout,
     )
     max_body = config.api.max_request_size if config is not None else ControllerRequest.max_body
-    site.requestFactory = type("ControllerRequest", (ControllerRequest,), {"max_body": max_body})
+    site.requestFactory = cast(
+        "type[ControllerRequest]",
+        type("ControllerRequest", (ControllerRequest,), {"max_body": max_body}))
     return site

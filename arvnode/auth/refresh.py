@@ -128,11 +128,15 @@ class RemoteTokenRefresh(Service):
         by_issuer: dict[str, list[CachedToken]] = {}
         for entry in due:
             by_issuer.setdefault(entry.issuer, []).append(entry)
+
+        def check(issuer: str, entry: CachedToken) -> Deferred[None]:
+            return Deferred.fromCoroutine(self._one(issuer, entry, result))
+
         work = []
         for issuer, entries in by_issuer.items():
             sem = DeferredSemaphore(self.concurrency)
             for entry in entries:
-                work.append(sem.run(lambda e=entry, i=issuer: Deferred.fromCoroutine(self._one(i, e, result))))
+                work.append(sem.run(check, issuer, entry))
         if work:
             await gatherResults(work, consumeErrors=True)
         self.last = result

@@ -122,6 +122,8 @@ def _tab_key_paths(text: str) -> dict[int, _Path]:
     stack: list[tuple[int, _Path]] = []
     previous: tuple[int, _Path, bool] | None = None
     found: dict[int, _Path] = {}
+    parent: _Path
+    path: _Path
     for number, line in enumerate(text.splitlines(), start=1):
         m = _KEY_LINE.match(line)
         if m is None:

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import json
 import random
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IReactorTime, ITCPTransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
@@ -136,7 +136,8 @@ class AsyncResource(Resource):
             return
         self.log.failure("unhandled error in {path}", failure, path=getattr(request, "path", b"").decode("latin-1"))
         if getattr(request, "startedWriting", False):
-            request.channel.transport.abortConnection()
+            # A request being answered has a live TCP (or TLS) transport.
+            cast(ITCPTransport, request.channel.transport).abortConnection()
             return
         self._send_error(request, HTTPError(500, "internal error (this is a bug in arvnode)"))
 

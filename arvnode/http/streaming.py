@@ -69,13 +69,14 @@ from __future__ import annotations
 
 import inspect
 from io import BytesIO
-from typing import Any, Awaitable, Callable, Protocol
+from typing import Any, Awaitable, Callable, Protocol, cast
 
 import twisted
 from twisted.internet import main as _imain
 from twisted.internet import tcp as _tcp
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IPushProducer, ITCPTransport
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.protocols import policies as _policies
 from twisted.protocols.basic import LineReceiver
@@ -315,6 +316,8 @@ class StreamingChannel(HTTPChannel):
     hold_buffer_limit = 65536
     #: The recv_into body reader while one is installed.
     _fast: _RecvIntoReader | None = None
+    #: Set by ``Site.buildProtocol`` (undeclared on HTTPChannel).
+    site: StreamingSite
 
     # -- setup ---------------------------------------------------------------
 
@@ -458,7 +461,7 @@ class StreamingChannel(HTTPChannel):
             return
         super().requestDone(request)
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._discarding = False
         if self._fast is not None:
             self._fast.uninstall()
@@ -481,7 +484,7 @@ class StreamingChannel(HTTPChannel):
         # More than we are willing to read: cut the connection after the drain.
         self._drain_abort = remaining > limit
         if self._drain_left <= 0:
-            self.transport.abortConnection()
+            cast(ITCPTransport, self.transport).abortConnection()
             return
         # Let leftover bytes the parser holds count too.
         buffered = self._buffer
@@ -496,7 +499,7 @@ class StreamingChannel(HTTPChannel):
         if self._drain_left <= 0:
             self._drain_left = 0
             if self._drain_abort:
-                self.transport.abortConnection()
+                cast(ITCPTransport, self.transport).abortConnection()
             else:
                 self.loseConnection()
 
@@ -521,6 +524,13 @@ class StreamingRequest(NodeRequest):
     content_length_invalid = False
     declared_length: int | None = None
     _lost = False
+    # Narrower than Twisted declares them: a StreamingSite builds this
+    # request on its StreamingChannel, and gotLength sets a BytesIO body.
+    channel: StreamingChannel
+    # Twisted spells these ``site = None`` / ``content = None`` on the class,
+    # which mypy reads as "always None".
+    site: StreamingSite  # type: ignore[assignment]
+    content: BytesIO  # type: ignore[assignment]
 
     def __init__(self, channel: Any, *args: Any, **kwargs: Any) -> None:
         super().__init__(channel, *args, **kwargs)
@@ -558,7 +568,7 @@ class StreamingRequest(NodeRequest):
         d: Deferred[Any] = (
             Deferred.fromCoroutine(outcome)
             if inspect.iscoroutine(outcome)
-            else ensureDeferred(outcome)
+            else ensureDeferred(cast("Deferred[BodySink | None]", outcome))
         )
         if not d.called:
             self._decision = d  # cancelled if the client goes away meanwhile
@@ -580,7 +590,7 @@ class StreamingRequest(NodeRequest):
                     cap=cap,
                 )
                 if self.channel is not None:
-                    self.channel.transport.abortConnection()
+                    cast(ITCPTransport, self.channel.transport).abortConnection()
                 return
             self.content.write(data)
 

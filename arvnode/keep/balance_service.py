@@ -61,7 +61,7 @@ def balancer_role(config: Any, *, own_keepstore: Any = None,
                        " (SQLite): the collections are elsewhere")
     service = config.services.keepbalance
     if service.internal_urls:
-        kw = {} if is_local is None else {"is_local": is_local}
+        kw: dict[str, Any] = {} if is_local is None else {"is_local": is_local}
         try:
             own, _ = keepstore_role(service, has_local_volumes=True, **kw)
         except RoleError:

@@ -7,7 +7,7 @@ handler and the site that routes its errors are written once, here.
 """
 from __future__ import annotations
 
-from typing import Any, Awaitable, Protocol
+from typing import Any, Coroutine, Protocol
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
@@ -21,7 +21,7 @@ from arvnode.http.streaming import StreamingRequest, StreamingSite
 class Handler(Protocol):
     log: Logger
 
-    def handle(self, request: Any) -> Awaitable[None]: ...
+    def handle(self, request: Any) -> Coroutine[Any, Any, None]: ...
 
     def send_error(self, request: Any, code: int, message: str) -> None: ...
 
@@ -42,7 +42,7 @@ class HandlerResource(Resource):
         self._service = service
 
     def render(self, request: Any) -> int:
-        d = Deferred.fromCoroutine(self._handler.handle(request))  # type: ignore[arg-type]
+        d = Deferred.fromCoroutine(self._handler.handle(request))
         request.notifyFinish().addErrback(lambda _: d.cancel())
         d.addErrback(self._failed, request)
         return NOT_DONE_YET

@@ -16,6 +16,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+from typing import Iterable
+
 import attrs
 from attrs import field, frozen
 
@@ -157,6 +159,12 @@ def _hints_validator(_inst: object, _attr: object, value: tuple[str, ...]) -> No
     _check_hints(value)
 
 
+def _hints_tuple(hints: Iterable[str]) -> tuple[str, ...]:
+    # A typed ``tuple``: with bare ``converter=tuple`` the attrs plugin of
+    # mypy cannot tell what ``Locator(hints=...)`` accepts.
+    return tuple(hints)
+
+
 @frozen
 class Locator:
     """A parsed, valid locator: ``hash[+size][+hint...]``.
@@ -170,7 +178,7 @@ class Locator:
     hash: str = field(validator=_hash_validator)
     size: int | None = field(default=None, validator=_size_validator)
     hints: tuple[str, ...] = field(
-        default=(), converter=tuple, validator=_hints_validator
+        default=(), converter=_hints_tuple, validator=_hints_validator
     )
 
     def __str__(self) -> str:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from attrs import field, frozen
 
@@ -99,13 +99,23 @@ class FileSegment:
         return f"{self.position}:{self.size}:{self.name}"
 
 
+def _locator_tuple(locators: Iterable[Locator]) -> tuple[Locator, ...]:
+    # Typed ``tuple`` converters: mypy's attrs plugin cannot infer what a
+    # bare ``converter=tuple`` accepts.
+    return tuple(locators)
+
+
+def _segment_tuple(files: Iterable[FileSegment]) -> tuple[FileSegment, ...]:
+    return tuple(files)
+
+
 @frozen
 class Stream:
     """One manifest line.  ``name`` is as written (escaped, e.g. ``./a\\040b``)."""
 
     name: str
-    locators: tuple[Locator, ...] = field(converter=tuple)
-    files: tuple[FileSegment, ...] = field(converter=tuple)
+    locators: tuple[Locator, ...] = field(converter=_locator_tuple)
+    files: tuple[FileSegment, ...] = field(converter=_segment_tuple)
 
     @property
     def size(self) -> int:

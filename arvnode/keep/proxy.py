@@ -77,12 +77,19 @@ __all__ = ["KeepProxy", "KeepPermission", "Authenticate"]
 Authenticate = Callable[[str | None], Awaitable[Identity | None]]
 
 class KeepPermission(Protocol):
-    """``Collections.KeepproxyPermission``."""
+    """``Collections.KeepproxyPermission`` (read-only: the config is frozen)."""
 
-    user_download: bool
-    user_upload: bool
-    admin_download: bool
-    admin_upload: bool
+    @property
+    def user_download(self) -> bool: ...
+
+    @property
+    def user_upload(self) -> bool: ...
+
+    @property
+    def admin_download(self) -> bool: ...
+
+    @property
+    def admin_upload(self) -> bool: ...
 
 
 class KeepProxy:

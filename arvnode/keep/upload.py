@@ -269,7 +269,7 @@ async def open_replicas(
                 opened.append(Replica(v, res))
 
 
-def _settle(d: "Deferred[object]") -> "Deferred[tuple[bool, object]]":
+def _settle(d: "Deferred[Any]") -> "Deferred[tuple[bool, object]]":
     """``(True, result)`` or ``(False, failure)``: never fails."""
     return d.addCallbacks(lambda r: (True, r), lambda f: (False, f))
 
@@ -716,7 +716,9 @@ class UploadPipeline:
         """``replica.writer.write(data)`` once its previous write fired."""
         key = id(replica)
         prev = self._last_write.get(key)
-        out: Deferred[object] = Deferred()
+        # Any: it is chained from the writer's Deferred[None] and read as
+        # one of the batch's Deferred[object] jobs (Deferred is invariant).
+        out: Deferred[Any] = Deferred()
 
         def go(_: object = None) -> None:
             if replica.failed or self._aborted:
@@ -729,7 +731,12 @@ class UploadPipeline:
         else:
             prev.addBoth(go)
         mine: Deferred[object] = Deferred()
-        out.addBoth(lambda r: (mine.callback(None), r)[1])
+
+        def release(result: object) -> object:
+            mine.callback(None)
+            return result
+
+        out.addBoth(release)
         self._last_write[key] = mine
         return out
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import io
 import json
-from typing import Any, Mapping
+from typing import Any, Mapping, cast
 from urllib.parse import urlencode
 
 from twisted.internet.defer import CancelledError, Deferred
@@ -119,7 +119,8 @@ def _describe(exc: BaseException) -> str:
     """A short reason for logs and messages; never includes request headers."""
     reasons = getattr(exc, "reasons", None)  # ResponseFailed, ResponseNeverReceived
     if isinstance(reasons, list):
-        inner = [getattr(r, "value", r) for r in reasons]
+        # Failures (their .value) or, defensively, bare exceptions.
+        inner = [cast(BaseException, getattr(r, "value", r)) for r in reasons]
         return "; ".join(_describe(e) for e in inner) or "connection lost"
     name = exc.__class__.__name__
     text = str(exc).strip()

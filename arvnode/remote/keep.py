@@ -24,7 +24,7 @@ fetched the manifest; ``RemoteClusters.<id>.Scheme`` is honoured.
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import Any, cast
 
 from attrs import frozen
 from twisted.internet.defer import Deferred
@@ -133,7 +133,8 @@ class _BodyProtocol(Protocol):
 
     def connectionMade(self) -> None:
         if self._discard:
-            self.transport.stopProducing()
+            # deliverBody's transport is a producer proxy (IPushProducer).
+            cast(IPushProducer, self.transport).stopProducing()
             return
         self._reader._connected(self.transport)
 
@@ -207,7 +208,9 @@ class RemoteKeep:
             scheme = "https" if item.get("service_ssl_flag") else "http"
             if ":" in host and not host.startswith("["):
                 host = f"[{host}]"
-            uuid = item.get("uuid") if isinstance(item.get("uuid"), str) else f"{host}:{port}"
+            uuid = item.get("uuid")
+            if not isinstance(uuid, str):
+                uuid = f"{host}:{port}"
             result.append(KeepService(uuid=uuid, url=f"{scheme}://{host}:{port}"))
         return result
 
@@ -309,7 +312,7 @@ class RemoteKeep:
         """Answer a keepproxy GET/HEAD of a ``+R`` locator (called by :class:`KeepProxy`)."""
         head = request.method == b"HEAD"
         v2_form = None
-        if identity is not None and not token.startswith("v2/") and getattr(identity, "token_uuid", ""):
+        if identity is not None and not token.startswith("v2/") and getattr(identity, "token_uuid", None):
             v2_form = f"v2/{identity.token_uuid}/{token}"
         wants_local = _wants_local_copy(request)
         response, size = await self.open(locator, token, head=head and not wants_local, v2_form=v2_form)
@@ -474,7 +477,8 @@ def _wants_local_copy(request: Any) -> bool:
 def _discard(response: Any) -> None:
     class _Drop(Protocol):
         def connectionMade(self) -> None:
-            self.transport.stopProducing()
+            # deliverBody's transport is a producer proxy (IPushProducer).
+            cast(IPushProducer, self.transport).stopProducing()
 
     try:
         response.deliverBody(_Drop())

@@ -267,8 +267,12 @@ class _SQL:
 
     # properties.<key>
 
-    def _json(self, attr: Attr, key: str) -> tuple[Callable[[str], tuple[str, list[Any]]], ...]:
-        """(typeof, text-of-type, number, exists) builders for one key of a JSON column."""
+    def _json(self, attr: Attr, key: str) -> tuple[
+        Callable[[str], tuple[str, list[Any]]],
+        Callable[[], tuple[str, list[Any]]],
+        Callable[[], tuple[str, list[Any]]],
+    ]:
+        """(text-of-type, number, typeof) builders for one key of a JSON column."""
         col = attr.name
         if self.pg:
             j = f"CAST({col} AS jsonb)"

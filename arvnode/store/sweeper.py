@@ -69,7 +69,12 @@ class TrashSweeper(Service):
         if self._round is None:
             return succeed(None)
         d: Deferred[Any] = Deferred()
-        self._round.addBoth(lambda r: (d.callback(None), r)[1])
+
+        def release(result: object) -> object:
+            d.callback(None)
+            return result
+
+        self._round.addBoth(release)
         return d
 
     def _tick(self) -> Deferred[Any] | None:

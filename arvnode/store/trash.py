@@ -127,7 +127,7 @@ def purge(cur: Any, now: float, *, postgresql: bool) -> dict[str, int]:
         counts["groups"] = _delete(cur, "groups", gone_groups, postgresql)
     counts["collections"] = _delete(cur, "collections", collections, postgresql)
     if removed:
-        links = set()
+        links: set[str] = set()
         for col in ("owner_uuid", "head_uuid", "tail_uuid"):
             sql, p = _in(postgresql, col, removed)
             links.update(str(r[0]) for r in cur.all(f"SELECT uuid FROM links WHERE {sql}", p))

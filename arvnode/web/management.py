@@ -56,7 +56,7 @@ class ManagementResource(Resource):
         refused = self._authorized(request)
         if refused is not None:
             return refused
-        parts = [p.decode("utf-8", "replace") for p in request.postpath]
+        parts = [p.decode("utf-8", "replace") for p in request.postpath or []]
         if parts[:1] == ["metrics"] or parts[:1] == ["metrics.json"]:
             if request.method not in (b"GET", b"HEAD"):
                 return _plain(request, 405, "method not allowed")

@@ -37,6 +37,7 @@ class Links(ObjectResource):
         head_record = await self._head(head)
         if head_record is None:
             raise HTTPError(422, f"head_uuid {head!r} does not name an existing object")
+        assert isinstance(head, str)  # _head found an object: head is a UUID
         head_kind = ids.RESOURCE_BY_INFIX[head[6:11]]
         level = await ctx.access.record_level(head_record, head_kind)
         if level < READ:

@@ -16,7 +16,7 @@ the everyday cached levels stay trash-free.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 from arvnode.api.permissions import READ, WRITE, Access, LevelsCache
 from arvnode.api.resources.base import Ctx
@@ -61,12 +61,12 @@ class Trashable:
 
     store: Any
     kind: Any
-    resource: str
+    resource: ClassVar[str]
     present: Any
     after_write: Any
-    singular: str
+    singular: ClassVar[str]
 
-    member_actions = {"trash": ("POST",), "untrash": ("POST",)}
+    member_actions: ClassVar[Mapping[str, tuple[str, ...]]] = {"trash": ("POST",), "untrash": ("POST",)}
 
     def _trash_defaults(self, ctx: Ctx, values: dict[str, Any]) -> dict[str, Any]:
         """A trash_at without delete_at gets Arvados' default trash lifetime."""

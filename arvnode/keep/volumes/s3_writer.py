@@ -335,9 +335,9 @@ class S3BlockWriter:
         acks, self._acks = self._acks, []
         for d in acks:
             d.errback(Failure(self._error))
-        d, self._committed = self._committed, None
-        if d is not None:
-            d.errback(Failure(self._error))
+        committed, self._committed = self._committed, None
+        if committed is not None:
+            committed.errback(Failure(self._error))
 
     def _release(self) -> None:
         self._queue.clear()

@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import json
 from io import BytesIO
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Sequence, cast
 
 from twisted.internet.defer import (
     CancelledError,
@@ -290,6 +290,12 @@ class _BodyRelay(Protocol):
     def __init__(self, reader: "UpstreamReader") -> None:
         self._reader = reader
 
+    @property
+    def producer(self) -> IPushProducer | None:
+        """The body's producer: ``deliverBody`` connects this protocol to a
+        producer proxy, not to the ITransport that Protocol declares."""
+        return cast("IPushProducer | None", self.transport)
+
     def connectionMade(self) -> None:
         # Nothing is read until someone consumes it: the socket waits.
         self.transport.pauseProducing()  # type: ignore[union-attr]
@@ -350,7 +356,7 @@ class UpstreamReader:
     def pauseProducing(self) -> None:
         self._paused = True
         self._cancel_idle()
-        transport = self._relay.transport
+        transport = self._relay.producer
         if transport is not None and self._end is None:
             transport.pauseProducing()
 
@@ -395,13 +401,13 @@ class UpstreamReader:
             ))
 
     def _transport_resume(self) -> None:
-        transport = self._relay.transport
+        transport = self._relay.producer
         if transport is not None:
             self._arm_idle()
             transport.resumeProducing()
 
     def _transport_stop(self) -> None:
-        transport = self._relay.transport
+        transport = self._relay.producer
         if transport is not None:
             transport.stopProducing()
 
@@ -642,7 +648,11 @@ class UpstreamKeepstore:
         }, request_id=request_id)
         response = self._agent.request(b"PUT", self._url(f"/{hash}"), headers, producer)
         writer = UpstreamWriter(self, hash, size, producer, response)
-        out: Deferred[IBlockWriter] = Deferred(lambda d: writer.abort())
+
+        def cancel(_: Deferred[IBlockWriter]) -> None:
+            writer.abort()
+
+        out: Deferred[IBlockWriter] = Deferred(cancel)
 
         def up(_: object) -> None:
             if not out.called:
@@ -665,10 +675,20 @@ class UpstreamKeepstore:
 
         started.addCallback(up)
         writer.answer().addBoth(early)
-        timeout = self.clock.callLater(self.timeout, lambda: (not out.called) and (
-            writer.abort(), out.errback(VolumeError(f"{self.name}: connect timeout")))
-        )
-        out.addBoth(lambda r: (timeout.active() and timeout.cancel(), r)[1])
+
+        def time_out() -> None:
+            if not out.called:
+                writer.abort()
+                out.errback(VolumeError(f"{self.name}: connect timeout"))
+
+        timeout = self.clock.callLater(self.timeout, time_out)
+
+        def disarm(result: object) -> object:
+            if timeout.active():
+                timeout.cancel()
+            return result
+
+        out.addBoth(disarm)
         return out
 
     # -- trash: that keepstore's admin API, with SystemRootToken ---------------
