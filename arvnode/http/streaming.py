@@ -396,6 +396,28 @@ class StreamingChannel(HTTPChannel):
         if self._holds and self._gate is not None and len(self._buffer) > self.hold_buffer_limit:
             self._gate.hold("overflow")
 
+    def lineLengthExceeded(self, line: bytes) -> None:
+        """A request line or header line longer than ``MAX_LENGTH``.
+
+        Stock LineReceiver hangs up without a word, and under TLS the hang-up
+        then waits for the client's close_notify until the idle timeout. The
+        client gets told what was wrong instead (414 or 431), and is cut off
+        if it has not gone within ``abortTimeout``."""
+        first = getattr(self, "_HTTPChannel__first_line", True)
+        if first:
+            status, what = b"414 URI Too Long", "the request line"
+        else:
+            status, what = b"431 Request Header Fields Too Large", "a header line"
+        body = f"{what} is longer than {self.MAX_LENGTH} bytes\n".encode()
+        assert self.transport is not None  # a line arrived: we are connected
+        self.transport.write(
+            b"HTTP/1.1 " + status + b"\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body
+        )
+        if self.abortTimeout is not None and self._abortingCall is None:
+            self._abortingCall = self.callLater(self.abortTimeout, self.forceAbortClient)
+        self.loseConnection()
+
     def headerReceived(self, line: bytes) -> bool:
         name, sep, value = line.partition(b":")
         if sep and name.lower() == b"content-length":

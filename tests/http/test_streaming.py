@@ -617,3 +617,53 @@ class FastBodyTests(TestCase):
         self.assertTrue(got_continue)
         self.assertEqual(response.body, f"{hashlib.md5(body).hexdigest()} {len(body)}\n".encode())
         self.assertEqual(fx.site.fast_body_bytes, 0)
+
+
+class OverlongLineTests(TestCase):
+    """A request or header line longer than the channel's MAX_LENGTH gets an
+    answer saying so and the connection closes (stock Twisted hangs up
+    without a word; under TLS it then lingers until the idle timeout)."""
+
+    async def test_request_line_too_long_is_414(self) -> None:
+        fx = Fixture(self)
+        c = await fx.client()
+        c.send(b"GET /" + b"a" * 20000 + b" HTTP/1.1\r\nHost: t\r\n\r\n")
+        response = await c.read_response()
+        assert response is not None
+        self.assertEqual(response.status, 414)
+        self.assertIn(b"request line is longer than 16384 bytes", response.body)
+        await c.closed
+
+    async def test_header_line_too_long_is_431(self) -> None:
+        fx = Fixture(self)
+        c = await fx.client()
+        c.send(b"GET /x HTTP/1.1\r\nHost: t\r\nX-Big: " + b"b" * 20000 + b"\r\n\r\n")
+        response = await c.read_response()
+        assert response is not None
+        self.assertEqual(response.status, 431)
+        self.assertIn(b"a header line is longer", response.body)
+        await c.closed
+
+
+
+class OverlongLineAbortTests(SynchronousTestCase):
+    def test_client_that_stays_is_cut_after_abort_timeout(self) -> None:
+        """A client that never closes (as a TLS client that sends no
+        close_notify) cannot hold the connection: it is aborted once the
+        channel's ``abortTimeout`` has passed on the site's clock."""
+        from twisted.internet.task import Clock
+        from twisted.internet.testing import StringTransport
+
+        clock = Clock()
+        site = StreamingSite(Echo(), header_hook=Hook(), service="test", clock=clock,
+                             rng=random.Random(3), metrics=NodeMetrics(), management_token="",
+                             health_checks={}, max_buffered_body=65536, drain_limit=1 << 20)
+        channel = site.buildProtocol(None)
+        transport = StringTransport()
+        channel.makeConnection(transport)
+        channel.dataReceived(b"GET /" + b"a" * 20000)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 414 URI Too Long\r\n"))
+        self.assertTrue(transport.disconnecting)
+        self.assertFalse(getattr(transport, "disconnected", False))
+        clock.advance(channel.abortTimeout)
+        self.assertTrue(transport.disconnected)
