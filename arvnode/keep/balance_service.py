@@ -20,8 +20,8 @@ and only where the database holds the cluster's collections
   unreferenced. The gateway, whose volumes include those keepstores,
   balances them.
 
-``BalancePeriod`` 0 disables the service everywhere. The loop is the trash
-sweeper's (:class:`arvnode.store.sweeper.TrashSweeper`): the first pass
+``BalancePeriod`` 0 disables the service everywhere. The loop is the
+periodic service of :mod:`arvnode.periodic`: the first pass
 one period after start (not at start, when the node is still coming up),
 a pass still running when the next is due is not overlapped, and stopping
 waits for the pass in flight.
@@ -34,7 +34,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from arvnode.keep.balance import Balancer, PassResult
 from arvnode.keep.keepstore import RoleError, keepstore_role
-from arvnode.store.sweeper import TrashSweeper
+from arvnode.periodic import PeriodicService
 
 __all__ = ["SERVICE_NAME", "BalancerService", "balancer_role", "holds_the_collections"]
 
@@ -76,13 +76,13 @@ def balancer_role(config: Any, *, own_keepstore: Any = None,
     return True, "single node (SQLite database of its own)"
 
 
-class BalancerService(TrashSweeper):
+class BalancerService(PeriodicService):
     """Runs ``balancer.run_pass()`` every ``period`` seconds on ``clock``."""
 
     def __init__(self, balancer: Balancer, *, clock: IReactorTime, period: float) -> None:
-        super().__init__(balancer, clock=clock, interval=period)
-        self.setName(SERVICE_NAME)
+        super().__init__(SERVICE_NAME, clock=clock, interval=period)
         self.balancer = balancer
+        self.last: PassResult | None = None
 
     def startService(self) -> None:
         self.balancer.resume()
@@ -94,8 +94,8 @@ class BalancerService(TrashSweeper):
         self.balancer.stop()
         return super().stopService()
 
-    async def sweep(self) -> PassResult:  # type: ignore[override]
+    async def run_round(self) -> PassResult:
         self.rounds += 1
         result = await self.balancer.run_pass()
-        self.last = result  # type: ignore[assignment]
+        self.last = result
         return result

@@ -19,11 +19,11 @@ from collections import deque
 from typing import Any, Callable, Generic, Iterable, Sequence, TypeVar
 
 from attrs import frozen
-from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+
+from arvnode.periodic import PeriodicService
 
 __all__ = [
     "EMPTY_TRASH_SERVICE_NAME",
@@ -218,14 +218,12 @@ class TrashListWorker(WorkList[TrashItem]):
 # -- the empty-trash timer ----------------------------------------------------------
 
 
-class EmptyTrashService(Service):
+class EmptyTrashService(PeriodicService):
     """Every ``interval`` seconds, ``empty_trash(now)`` on every volume
     ``volumes()`` returns (the node's local directory and S3 volumes), one
-    volume at a time. Rounds never overlap; a volume that fails is logged
-    and the others still run. Stopping waits for a round in flight.
+    volume at a time; a volume that fails is logged and the others still
+    run (the round guarantees are :class:`PeriodicService`'s).
     """
-
-    log = Logger()
 
     def __init__(
         self,
@@ -234,57 +232,12 @@ class EmptyTrashService(Service):
         clock: IReactorTime,
         interval: float,
     ) -> None:
-        if interval <= 0:
-            raise ValueError("the empty-trash interval must be positive")
-        self.setName(EMPTY_TRASH_SERVICE_NAME)
+        super().__init__(EMPTY_TRASH_SERVICE_NAME, clock=clock, interval=interval)
         self._volumes = volumes
-        self._clock = clock
-        self.interval = interval
-        self._loop: LoopingCall | None = None
-        self._round: Deferred[Any] | None = None
-        self.rounds = 0
         self.deleted = 0
 
-    def startService(self) -> None:
-        super().startService()
-        loop = LoopingCall(self._tick)
-        loop.clock = self._clock
-        self._loop = loop
-        loop.start(self.interval, now=False).addErrback(
-            lambda f: self.log.failure("empty-trash loop died", f))
-
-    def stopService(self) -> "Deferred[Any]":
-        super().stopService()
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
-        self._loop = None
-        return self.idle()
-
-    def idle(self) -> "Deferred[Any]":
-        """Fires when no round is in flight (at once if none is)."""
-        if self._round is None:
-            return succeed(None)
-        d: Deferred[Any] = Deferred()
-
-        def release(result: object) -> object:
-            d.callback(None)
-            return result
-
-        self._round.addBoth(release)
-        return d
-
-    def _tick(self) -> None:
-        if self._round is not None:
-            return
-        d = Deferred.fromCoroutine(self.empty_all())
-        d.addErrback(lambda f: self.log.failure("emptying the trash failed", f))
-
-        def finished(result: Any) -> None:
-            self._round = None
-
-        d.addBoth(finished)
-        if not d.called:
-            self._round = d
+    async def run_round(self) -> int:
+        return await self.empty_all()
 
     async def empty_all(self) -> int:
         """One round now: how many trashed blocks were deleted."""
